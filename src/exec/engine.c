@@ -1,0 +1,178 @@
+/* The graph executor: checks every node, then runs them in order on the
+ * thread pool, one barrier per node, as ggml's CPU backend does. */
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "ferry/engine.h"
+#include "ops/ops.h"
+#include "threadpool.h"
+
+struct ferry_run_state {
+    atomic_int failed;
+    struct ferry_error err; /* written once, by the thread that set failed */
+};
+
+struct ferry_engine {
+    struct ferry_threadpool *pool;
+    void *work;
+    size_t work_size;
+};
+
+struct graph_job {
+    struct ferry_engine *engine;
+    struct ferry_tensor *const *nodes;
+    const struct ferry_kernel **kernels; /* NULL: nothing to run for this node */
+    int n_nodes;
+    struct ferry_run_state state;
+};
+
+void ferry_barrier(const struct ferry_compute_params *p) { ferry_threadpool_barrier(p->pool); }
+
+void ferry_op_fail(const struct ferry_compute_params *p, int code, const char *fmt, ...) {
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&p->state->failed, &expected, 1)) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->state->err.msg, sizeof p->state->err.msg, fmt, ap);
+    va_end(ap);
+    p->state->err.code = code;
+}
+
+bool ferry_op_failed(const struct ferry_compute_params *p) {
+    return atomic_load_explicit(&p->state->failed, memory_order_relaxed) != 0;
+}
+
+struct ferry_engine *ferry_engine_create(int n_threads) {
+    struct ferry_engine *e = calloc(1, sizeof *e);
+    if (!e) return NULL;
+    e->pool = ferry_threadpool_create(n_threads);
+    if (!e->pool) {
+        free(e);
+        return NULL;
+    }
+    return e;
+}
+
+void ferry_engine_destroy(struct ferry_engine *e) {
+    if (!e) return;
+    ferry_threadpool_destroy(e->pool);
+    free(e->work);
+    free(e);
+}
+
+int ferry_engine_n_threads(const struct ferry_engine *e) { return ferry_threadpool_size(e->pool); }
+
+static bool is_view_op(int op) {
+    return op == FERRY_OP_NONE || op == FERRY_OP_RESHAPE || op == FERRY_OP_VIEW ||
+           op == FERRY_OP_PERMUTE || op == FERRY_OP_TRANSPOSE;
+}
+
+static int check_tensor_header(const struct ferry_tensor *t, const char *what, int op,
+                               struct ferry_error *err) {
+    if (!ferry_type_valid(t->type))
+        return ferry_fail(err, FERRY_ERR_INVALID, "%s: %s has invalid type %d", ferry_op_name(op),
+                          what, (int)t->type);
+    for (int d = 0; d < FERRY_MAX_DIMS; d++)
+        if (t->ne[d] < 0)
+            return ferry_fail(err, FERRY_ERR_INVALID, "%s: %s has negative ne[%d]",
+                              ferry_op_name(op), what, d);
+    size_t n;
+    if (!ferry_nbytes_checked(t, &n))
+        return ferry_fail(err, FERRY_ERR_INVALID, "%s: %s extent overflows", ferry_op_name(op), what);
+    if (ferry_type_is_quantized(t->type) && t->ne[0] % ferry_blck_size(t->type) != 0)
+        return ferry_fail(err, FERRY_ERR_INVALID, "%s: %s ne0=%lld is not a multiple of the %s block",
+                          ferry_op_name(op), what, (long long)t->ne[0], ferry_type_name(t->type));
+    return FERRY_OK;
+}
+
+int ferry_engine_check_node(const struct ferry_tensor *node, struct ferry_error *err) {
+    int op = (int)node->op;
+    if (op < 0 || op >= FERRY_OP_COUNT)
+        return ferry_fail(err, FERRY_ERR_INVALID, "unknown op %d", op);
+    if (op >= FERRY_OP_MAP_CUSTOM1 && op <= FERRY_OP_CUSTOM)
+        return ferry_fail(err, FERRY_ERR_UNSUPPORTED,
+                          "%s carries the client's function pointers; refused", ferry_op_name(op));
+    int rc = check_tensor_header(node, "output", op, err);
+    if (rc) return rc;
+    if (is_view_op(op)) return FERRY_OK;
+    const struct ferry_kernel *k = ferry_kernel_for(op);
+    if (!k) return ferry_fail(err, FERRY_ERR_UNSUPPORTED, "%s: op not supported", ferry_op_name(op));
+    for (int i = 0; i < FERRY_MAX_SRC; i++) {
+        if (!node->src[i]) continue;
+        char what[16];
+        snprintf(what, sizeof what, "src%d", i);
+        rc = check_tensor_header(node->src[i], what, op, err);
+        if (rc) return rc;
+    }
+    return k->check(node, err);
+}
+
+static bool has_data(const struct ferry_tensor *t) { return t->data || ferry_is_empty(t); }
+
+static void run_graph(void *arg, int ith, int nth) {
+    struct graph_job *job = arg;
+    struct ferry_compute_params p = {
+        .ith = ith, .nth = nth, .wdata = job->engine->work, .wsize = job->engine->work_size,
+        .pool = job->engine->pool, .state = &job->state,
+    };
+    for (int i = 0; i < job->n_nodes; i++) {
+        if (!job->kernels[i]) continue;
+        job->kernels[i]->compute(&p, job->nodes[i]);
+        ferry_threadpool_barrier(job->engine->pool);
+        if (atomic_load_explicit(&job->state.failed, memory_order_relaxed)) break;
+    }
+}
+
+int ferry_engine_compute(struct ferry_engine *e, struct ferry_tensor *const *nodes, int n_nodes,
+                         struct ferry_error *err) {
+    if (n_nodes < 0) return ferry_fail(err, FERRY_ERR_INVALID, "negative node count");
+    if (n_nodes == 0) return FERRY_OK;
+    const struct ferry_kernel **kernels = calloc((size_t)n_nodes, sizeof *kernels);
+    if (!kernels) return ferry_fail(err, FERRY_ERR_NOMEM, "out of memory for %d nodes", n_nodes);
+
+    int nth = ferry_threadpool_size(e->pool);
+    size_t work = 0;
+    int rc = FERRY_OK;
+    for (int i = 0; i < n_nodes; i++) {
+        struct ferry_tensor *node = nodes[i];
+        if (!node) { rc = ferry_fail(err, FERRY_ERR_INVALID, "node %d is missing", i); break; }
+        if (!(node->flags & FERRY_FLAG_COMPUTE) || is_view_op(node->op)) continue;
+        rc = ferry_engine_check_node(node, err);
+        if (rc) break;
+        if (!has_data(node)) { rc = ferry_fail(err, FERRY_ERR_INVALID, "%s: output has no memory", ferry_op_name(node->op)); break; }
+        for (int s = 0; s < FERRY_MAX_SRC && !rc; s++)
+            if (node->src[s] && !has_data(node->src[s]))
+                rc = ferry_fail(err, FERRY_ERR_INVALID, "%s: src%d has no memory", ferry_op_name(node->op), s);
+        if (rc) break;
+        if (ferry_is_empty(node)) continue; /* nothing to write */
+        kernels[i] = ferry_kernel_for(node->op);
+        if (kernels[i]->work_size) {
+            size_t w = kernels[i]->work_size(node, nth);
+            if (w > work) work = w;
+        }
+    }
+    if (rc == FERRY_OK && work > e->work_size) {
+        size_t rounded = (work + 63) & ~(size_t)63;
+        void *p = aligned_alloc(64, rounded);
+        if (!p) {
+            rc = ferry_fail(err, FERRY_ERR_NOMEM, "out of memory for %zu bytes of scratch", work);
+        } else {
+            free(e->work);
+            e->work = p;
+            e->work_size = rounded;
+        }
+    }
+    if (rc == FERRY_OK) {
+        struct graph_job job = { .engine = e, .nodes = nodes, .kernels = kernels, .n_nodes = n_nodes };
+        atomic_init(&job.state.failed, 0);
+        ferry_threadpool_run(e->pool, run_graph, &job);
+        if (atomic_load(&job.state.failed)) {
+            rc = job.state.err.code;
+            if (err) *err = job.state.err;
+        }
+    }
+    free(kernels);
+    return rc;
+}

@@ -1,0 +1,143 @@
+#include "threadpool.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+struct worker {
+    struct ferry_threadpool *pool;
+    pthread_t thread;
+    int ith;
+};
+
+struct ferry_threadpool {
+    int n_threads;
+    struct worker *workers;
+
+    pthread_mutex_t lock;
+    pthread_cond_t wake;      /* a new job, or shutdown */
+    pthread_cond_t done;      /* the last worker finished the job */
+    unsigned long generation; /* bumped for each job */
+    int running;              /* workers still inside the current job */
+    int shutdown;
+    ferry_job_fn fn;
+    void *arg;
+
+    /* sense-reversing barrier */
+    atomic_int barrier_count;
+    atomic_int barrier_sense;
+};
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+void ferry_threadpool_barrier(struct ferry_threadpool *pool) {
+    if (pool->n_threads == 1) return;
+    int sense = atomic_load_explicit(&pool->barrier_sense, memory_order_relaxed);
+    if (atomic_fetch_add_explicit(&pool->barrier_count, 1, memory_order_acq_rel) ==
+        pool->n_threads - 1) {
+        atomic_store_explicit(&pool->barrier_count, 0, memory_order_relaxed);
+        atomic_store_explicit(&pool->barrier_sense, !sense, memory_order_release);
+        return;
+    }
+    for (unsigned spins = 0;
+         atomic_load_explicit(&pool->barrier_sense, memory_order_acquire) == sense; spins++) {
+        /* spin while the wait is likely short; yield once it is not, so an
+         * oversubscribed machine still makes progress */
+        if (spins < 20000) cpu_relax();
+        else sched_yield();
+    }
+}
+
+static void *worker_main(void *p) {
+    struct worker *w = p;
+    struct ferry_threadpool *pool = w->pool;
+    unsigned long seen = 0;
+    for (;;) {
+        pthread_mutex_lock(&pool->lock);
+        while (pool->generation == seen && !pool->shutdown) pthread_cond_wait(&pool->wake, &pool->lock);
+        if (pool->shutdown) {
+            pthread_mutex_unlock(&pool->lock);
+            return NULL;
+        }
+        seen = pool->generation;
+        ferry_job_fn fn = pool->fn;
+        void *arg = pool->arg;
+        pthread_mutex_unlock(&pool->lock);
+
+        fn(arg, w->ith, pool->n_threads);
+
+        pthread_mutex_lock(&pool->lock);
+        if (--pool->running == 0) pthread_cond_signal(&pool->done);
+        pthread_mutex_unlock(&pool->lock);
+    }
+}
+
+struct ferry_threadpool *ferry_threadpool_create(int n_threads) {
+    if (n_threads < 1) return NULL;
+    struct ferry_threadpool *pool = calloc(1, sizeof *pool);
+    if (!pool) return NULL;
+    pool->n_threads = n_threads;
+    pthread_mutex_init(&pool->lock, NULL);
+    pthread_cond_init(&pool->wake, NULL);
+    pthread_cond_init(&pool->done, NULL);
+    atomic_init(&pool->barrier_count, 0);
+    atomic_init(&pool->barrier_sense, 0);
+    if (n_threads > 1) {
+        pool->workers = calloc((size_t)n_threads - 1, sizeof *pool->workers);
+        if (!pool->workers) goto fail;
+        for (int i = 0; i < n_threads - 1; i++) {
+            pool->workers[i].pool = pool;
+            pool->workers[i].ith = i + 1;
+            if (pthread_create(&pool->workers[i].thread, NULL, worker_main, &pool->workers[i]) != 0) {
+                pool->n_threads = i + 1; /* join the ones that started */
+                ferry_threadpool_destroy(pool);
+                return NULL;
+            }
+        }
+    }
+    return pool;
+fail:
+    free(pool);
+    return NULL;
+}
+
+void ferry_threadpool_destroy(struct ferry_threadpool *pool) {
+    if (!pool) return;
+    pthread_mutex_lock(&pool->lock);
+    pool->shutdown = 1;
+    pthread_cond_broadcast(&pool->wake);
+    pthread_mutex_unlock(&pool->lock);
+    for (int i = 0; i < pool->n_threads - 1; i++) pthread_join(pool->workers[i].thread, NULL);
+    pthread_mutex_destroy(&pool->lock);
+    pthread_cond_destroy(&pool->wake);
+    pthread_cond_destroy(&pool->done);
+    free(pool->workers);
+    free(pool);
+}
+
+int ferry_threadpool_size(const struct ferry_threadpool *pool) { return pool->n_threads; }
+
+void ferry_threadpool_run(struct ferry_threadpool *pool, ferry_job_fn fn, void *arg) {
+    if (pool->n_threads == 1) {
+        fn(arg, 0, 1);
+        return;
+    }
+    pthread_mutex_lock(&pool->lock);
+    pool->fn = fn;
+    pool->arg = arg;
+    pool->running = pool->n_threads - 1;
+    pool->generation++;
+    pthread_cond_broadcast(&pool->wake);
+    pthread_mutex_unlock(&pool->lock);
+
+    fn(arg, 0, pool->n_threads);
+
+    pthread_mutex_lock(&pool->lock);
+    while (pool->running > 0) pthread_cond_wait(&pool->done, &pool->lock);
+    pthread_mutex_unlock(&pool->lock);
+}

@@ -1,0 +1,52 @@
+#include "common.h"
+
+int check_src_count(const struct ferry_tensor *node, int n_required, struct ferry_error *err) {
+    for (int i = 0; i < n_required; i++)
+        if (!node->src[i])
+            return ferry_fail(err, FERRY_ERR_INVALID, "%s: source %d is missing",
+                              ferry_op_name(node->op), i);
+    return FERRY_OK;
+}
+
+int check_type_in(const struct ferry_tensor *node, const char *what, enum ferry_type t,
+                  const enum ferry_type *allowed, int n_allowed, struct ferry_error *err) {
+    for (int i = 0; i < n_allowed; i++)
+        if (allowed[i] == t) return FERRY_OK;
+    return ferry_fail(err, FERRY_ERR_UNSUPPORTED, "%s: %s type %s is not supported",
+                      ferry_op_name(node->op), what, ferry_type_name(t));
+}
+
+int check_same_shape(const struct ferry_tensor *node, const struct ferry_tensor *a,
+                     const struct ferry_tensor *b, struct ferry_error *err) {
+    if (ferry_same_shape(a, b)) return FERRY_OK;
+    return ferry_fail(err, FERRY_ERR_INVALID,
+                      "%s: shapes differ: [%lld,%lld,%lld,%lld] vs [%lld,%lld,%lld,%lld]",
+                      ferry_op_name(node->op), (long long)a->ne[0], (long long)a->ne[1],
+                      (long long)a->ne[2], (long long)a->ne[3], (long long)b->ne[0],
+                      (long long)b->ne[1], (long long)b->ne[2], (long long)b->ne[3]);
+}
+
+int check_rows_contiguous(const struct ferry_tensor *node, const struct ferry_tensor *t,
+                          const char *what, struct ferry_error *err) {
+    if (ferry_rows_contiguous(t)) return FERRY_OK;
+    return ferry_fail(err, FERRY_ERR_UNSUPPORTED, "%s: %s rows must be contiguous (nb0=%zu)",
+                      ferry_op_name(node->op), what, t->nb[0]);
+}
+
+int check_contiguous(const struct ferry_tensor *node, const struct ferry_tensor *t,
+                     const char *what, struct ferry_error *err) {
+    if (ferry_is_contiguous(t)) return FERRY_OK;
+    return ferry_fail(err, FERRY_ERR_UNSUPPORTED, "%s: %s must be contiguous",
+                      ferry_op_name(node->op), what);
+}
+
+int check_dst_shape(const struct ferry_tensor *node, int64_t ne0, int64_t ne1, int64_t ne2,
+                    int64_t ne3, struct ferry_error *err) {
+    if (node->ne[0] == ne0 && node->ne[1] == ne1 && node->ne[2] == ne2 && node->ne[3] == ne3)
+        return FERRY_OK;
+    return ferry_fail(err, FERRY_ERR_INVALID,
+                      "%s: output shape [%lld,%lld,%lld,%lld] should be [%lld,%lld,%lld,%lld]",
+                      ferry_op_name(node->op), (long long)node->ne[0], (long long)node->ne[1],
+                      (long long)node->ne[2], (long long)node->ne[3], (long long)ne0,
+                      (long long)ne1, (long long)ne2, (long long)ne3);
+}

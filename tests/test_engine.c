@@ -1,0 +1,139 @@
+/* The executor and its thread pool: node selection (COMPUTE flag, view ops),
+ * refusal of custom and unknown ops, invalid tensors, scratch handling, and
+ * a barrier that really waits for every thread. */
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "exec/threadpool.h"
+#include "ferry/engine.h"
+#include "testutil.h"
+
+struct barrier_job {
+    int rounds;
+    atomic_int counter;
+    atomic_int errors;
+    struct ferry_threadpool *pool;
+};
+
+/* Every round each thread adds 1; after the barrier all must see nth*round. */
+static void barrier_work(void *arg, int ith, int nth) {
+    struct barrier_job *j = arg;
+    (void)ith;
+    for (int r = 1; r <= j->rounds; r++) {
+        atomic_fetch_add(&j->counter, 1);
+        ferry_threadpool_barrier(j->pool);
+        if (atomic_load(&j->counter) != nth * r) atomic_fetch_add(&j->errors, 1);
+        ferry_threadpool_barrier(j->pool);
+    }
+}
+
+static void test_threadpool(void) {
+    for (int n = 1; n <= 5; n++) {
+        struct ferry_threadpool *pool = ferry_threadpool_create(n);
+        if (!CHECK(pool != NULL, "pool of %d", n)) continue;
+        for (int rep = 0; rep < 20; rep++) {
+            struct barrier_job j = { .rounds = 50, .pool = pool };
+            atomic_init(&j.counter, 0);
+            atomic_init(&j.errors, 0);
+            ferry_threadpool_run(pool, barrier_work, &j);
+            if (!CHECK(atomic_load(&j.errors) == 0 && atomic_load(&j.counter) == n * 50,
+                       "barrier with %d threads: %d errors, counter %d", n, atomic_load(&j.errors),
+                       atomic_load(&j.counter)))
+                break;
+        }
+        ferry_threadpool_destroy(pool);
+    }
+    CHECK(ferry_threadpool_create(0) == NULL, "pool of 0 refused");
+}
+
+static struct ferry_tensor node_of(enum ferry_op op, enum ferry_type type, int64_t n) {
+    struct ferry_tensor t;
+    ferry_tensor_init(&t, type, 1, &n, NULL);
+    t.op = op;
+    t.flags = FERRY_FLAG_COMPUTE;
+    return t;
+}
+
+static void test_check_node(void) {
+    struct ferry_error err = { 0 };
+    for (int op = FERRY_OP_MAP_CUSTOM1; op <= FERRY_OP_CUSTOM; op++) {
+        struct ferry_tensor t = node_of((enum ferry_op)op, FERRY_TYPE_F32, 4);
+        t.op_params[0] = 0x41414141; /* a "function pointer" */
+        CHECK(ferry_engine_check_node(&t, &err) == FERRY_ERR_UNSUPPORTED && strstr(err.msg, "function pointers"),
+              "custom op %d refused: %s", op, err.msg);
+    }
+    struct ferry_tensor t = node_of((enum ferry_op)FERRY_OP_COUNT, FERRY_TYPE_F32, 4);
+    CHECK(ferry_engine_check_node(&t, &err) == FERRY_ERR_INVALID, "op out of range: %s", err.msg);
+    t = node_of((enum ferry_op)-3, FERRY_TYPE_F32, 4);
+    CHECK(ferry_engine_check_node(&t, &err) == FERRY_ERR_INVALID, "negative op: %s", err.msg);
+    t = node_of(FERRY_OP_CONV_2D, FERRY_TYPE_F32, 4);
+    CHECK(ferry_engine_check_node(&t, &err) == FERRY_ERR_UNSUPPORTED, "unimplemented op: %s", err.msg);
+    t = node_of(FERRY_OP_VIEW, FERRY_TYPE_F32, 4);
+    CHECK(ferry_engine_check_node(&t, &err) == FERRY_OK, "view ok");
+    t = node_of(FERRY_OP_VIEW, (enum ferry_type)4, 4);
+    CHECK(ferry_engine_check_node(&t, &err) == FERRY_ERR_INVALID, "removed type id 4: %s", err.msg);
+    t = node_of(FERRY_OP_VIEW, (enum ferry_type)77, 4);
+    CHECK(ferry_engine_check_node(&t, &err) == FERRY_ERR_INVALID, "type id 77: %s", err.msg);
+    t = node_of(FERRY_OP_NONE, FERRY_TYPE_F32, 4);
+    t.ne[2] = -1;
+    CHECK(ferry_engine_check_node(&t, &err) == FERRY_ERR_INVALID, "negative ne: %s", err.msg);
+    t = node_of(FERRY_OP_NONE, FERRY_TYPE_F32, 4);
+    t.ne[1] = 1 << 20;
+    t.nb[1] = SIZE_MAX / 4;
+    CHECK(ferry_engine_check_node(&t, &err) == FERRY_ERR_INVALID, "overflowing extent: %s", err.msg);
+    t = node_of(FERRY_OP_NONE, FERRY_TYPE_Q4_0, 48);
+    CHECK(ferry_engine_check_node(&t, &err) == FERRY_ERR_INVALID, "partial q4_0 block: %s", err.msg);
+}
+
+static void test_compute_selection(void) {
+    struct ferry_engine *e = ferry_engine_create(2);
+    struct ferry_error err = { 0 };
+    /* custom op without the COMPUTE flag is skipped, as ggml does */
+    struct ferry_tensor custom = node_of(FERRY_OP_CUSTOM, FERRY_TYPE_F32, 4);
+    custom.flags = 0;
+    struct ferry_tensor *nodes[2] = { &custom, NULL };
+    CHECK(ferry_engine_compute(e, nodes, 1, &err) == FERRY_OK, "node without COMPUTE skipped: %s", err.msg);
+    /* with the flag the whole graph is refused before anything runs */
+    custom.flags = FERRY_FLAG_COMPUTE;
+    float buf[4] = { 0 };
+    custom.data = buf;
+    CHECK(ferry_engine_compute(e, nodes, 1, &err) == FERRY_ERR_UNSUPPORTED, "custom refused: %s", err.msg);
+    CHECK(ferry_engine_compute(e, nodes, 2, &err) == FERRY_ERR_UNSUPPORTED, "custom refused first");
+    struct ferry_tensor view = node_of(FERRY_OP_VIEW, FERRY_TYPE_F32, 4);
+    nodes[0] = &view;
+    CHECK(ferry_engine_compute(e, nodes, 1, &err) == FERRY_OK, "view ops are never executed");
+    nodes[1] = NULL;
+    CHECK(ferry_engine_compute(e, nodes, 2, &err) == FERRY_ERR_INVALID, "NULL node: %s", err.msg);
+    CHECK(ferry_engine_compute(e, nodes, -1, &err) == FERRY_ERR_INVALID, "negative count");
+    CHECK(ferry_engine_compute(e, nodes, 0, &err) == FERRY_OK, "empty graph");
+    CHECK(ferry_engine_n_threads(e) == 2, "thread count");
+    ferry_engine_destroy(e);
+    CHECK(ferry_engine_create(0) == NULL, "engine with 0 threads refused");
+}
+
+static void test_nbytes(void) {
+    struct ferry_tensor t;
+    int64_t ne[4] = { 64, 3, 2, 1 };
+    ferry_tensor_init(&t, FERRY_TYPE_Q4_0, 4, ne, NULL);
+    CHECK(t.nb[0] == 18 && t.nb[1] == 36 && t.nb[2] == 108 && ferry_nbytes(&t) == 216, "q4_0 strides");
+    CHECK(ferry_is_contiguous(&t), "contiguous");
+    int64_t z[4] = { 5, 0, 3, 1 };
+    ferry_tensor_init(&t, FERRY_TYPE_F32, 4, z, NULL);
+    CHECK(ferry_nbytes(&t) == 0 && ferry_is_empty(&t), "empty tensor has no bytes");
+    ferry_tensor_init(&t, FERRY_TYPE_F16, 4, ne, NULL);
+    size_t tmp = t.nb[1];
+    t.nb[1] = t.nb[2];
+    t.nb[2] = tmp;
+    CHECK(!ferry_is_contiguous(&t) && ferry_rows_contiguous(&t), "permuted: rows contiguous only");
+    CHECK(ferry_row_size(FERRY_TYPE_Q6_K, 512) == 420 && ferry_row_size(FERRY_TYPE_BF16, 3) == 6, "row sizes");
+    CHECK(!ferry_type_valid(4) && !ferry_type_valid(31) && !ferry_type_valid(43) && ferry_type_valid(42), "type ids");
+}
+
+int main(void) {
+    test_threadpool();
+    test_check_node();
+    test_compute_selection();
+    test_nbytes();
+    return test_summary();
+}

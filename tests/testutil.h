@@ -1,0 +1,38 @@
+/* A tiny test harness: CHECK records a pass or a failure with its place and
+ * reason; test_summary prints "N passed, N failed" and gives the exit code. */
+#ifndef FERRY_TESTUTIL_H
+#define FERRY_TESTUTIL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "ferry/tensor.h"
+
+extern int test_passed, test_failed;
+
+bool test_check(bool ok, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+#define CHECK(cond, ...) test_check((cond), __FILE__, __LINE__, __VA_ARGS__)
+int test_summary(void);
+
+/* Deterministic pseudo-random numbers for test data. */
+uint64_t test_rand_u64(uint64_t *state);
+float test_rand_uniform(uint64_t *state, float lo, float hi);
+
+/* A contiguous tensor with its own zeroed memory (free with test_tensor_free). */
+struct ferry_tensor *test_tensor_new(enum ferry_type type, int64_t ne0, int64_t ne1, int64_t ne2,
+                                     int64_t ne3);
+void test_tensor_free(struct ferry_tensor *t);
+/* Reads any readable tensor (honouring its strides) into f32 in logical
+ * order; returns a malloc'd array of ferry_nelements(t) floats. */
+float *test_tensor_to_f32(const struct ferry_tensor *t);
+/* Fills a float-like or quantized tensor with uniform values in [lo, hi). */
+void test_tensor_fill_uniform(struct ferry_tensor *t, uint64_t *state, float lo, float hi);
+
+/* NMSE of b against reference a, as ggml's test-backend-ops computes it;
+ * infinities must match in place and are left out of the sums. Returns
+ * INFINITY on a mismatch that NMSE cannot express (NaN, infinities). */
+double test_nmse(const float *a, const float *b, int64_t n);
+
+#endif
