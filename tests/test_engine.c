@@ -82,6 +82,13 @@ static void test_check_node(void) {
     t.ne[1] = 1 << 20;
     t.nb[1] = SIZE_MAX / 4;
     CHECK(ferry_engine_check_node(&t, &err) == FERRY_ERR_INVALID, "overflowing extent: %s", err.msg);
+    t = node_of(FERRY_OP_NONE, FERRY_TYPE_F32, 1 << 20);
+    t.ne[1] = t.ne[2] = t.ne[3] = (int64_t)1 << 20;
+    t.nb[1] = t.nb[2] = t.nb[3] = 0; /* zero strides keep the extent small */
+    CHECK(ferry_engine_check_node(&t, &err) == FERRY_ERR_INVALID, "element count overflow: %s", err.msg);
+    t = node_of(FERRY_OP_NONE, FERRY_TYPE_Q8_0, 32);
+    t.nb[0] = 2;
+    CHECK(ferry_engine_check_node(&t, &err) == FERRY_ERR_INVALID, "short quantized nb0: %s", err.msg);
     t = node_of(FERRY_OP_NONE, FERRY_TYPE_Q4_0, 48);
     CHECK(ferry_engine_check_node(&t, &err) == FERRY_ERR_INVALID, "partial q4_0 block: %s", err.msg);
 }

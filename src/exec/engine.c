@@ -78,6 +78,14 @@ static int check_tensor_header(const struct ferry_tensor *t, const char *what, i
         if (t->ne[d] < 0)
             return ferry_fail(err, FERRY_ERR_INVALID, "%s: %s has negative ne[%d]",
                               ferry_op_name(op), what, d);
+    int64_t count = 1;
+    for (int d = 0; d < FERRY_MAX_DIMS; d++)
+        if (__builtin_mul_overflow(count, t->ne[d], &count))
+            return ferry_fail(err, FERRY_ERR_INVALID, "%s: %s element count overflows", ferry_op_name(op), what);
+    /* a block is never split: the extent arithmetic assumes nb0 is one block */
+    if (ferry_type_is_quantized(t->type) && t->nb[0] != ferry_type_size(t->type))
+        return ferry_fail(err, FERRY_ERR_INVALID, "%s: %s nb0=%zu is not the %s block size",
+                          ferry_op_name(op), what, t->nb[0], ferry_type_name(t->type));
     size_t n;
     if (!ferry_nbytes_checked(t, &n))
         return ferry_fail(err, FERRY_ERR_INVALID, "%s: %s extent overflows", ferry_op_name(op), what);
@@ -154,8 +162,8 @@ int ferry_engine_compute(struct ferry_engine *e, struct ferry_tensor *const *nod
         }
     }
     if (rc == FERRY_OK && work > e->work_size) {
-        size_t rounded = (work + 63) & ~(size_t)63;
-        void *p = aligned_alloc(64, rounded);
+        size_t rounded = work > SIZE_MAX - 63 ? 0 : (work + 63) & ~(size_t)63;
+        void *p = rounded ? aligned_alloc(64, rounded) : NULL;
         if (!p) {
             rc = ferry_fail(err, FERRY_ERR_NOMEM, "out of memory for %zu bytes of scratch", work);
         } else {

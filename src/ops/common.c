@@ -50,3 +50,22 @@ int check_dst_shape(const struct ferry_tensor *node, int64_t ne0, int64_t ne1, i
                       (long long)node->ne[2], (long long)node->ne[3], (long long)ne0,
                       (long long)ne1, (long long)ne2, (long long)ne3);
 }
+
+/* Largest power of two dividing the element/block size, capped at the
+ * widest field a kernel loads: 8 for I64/F64, 4 inside quantized blocks. */
+static size_t natural_alignment(enum ferry_type type) {
+    size_t size = ferry_type_size(type), cap = ferry_type_is_quantized(type) ? 4 : 8, a = 1;
+    while (a < cap && size % (a * 2) == 0) a *= 2;
+    return a;
+}
+
+int check_aligned(const struct ferry_tensor *node, const struct ferry_tensor *t, const char *what,
+                  struct ferry_error *err) {
+    const size_t a = natural_alignment(t->type);
+    bool ok = (uintptr_t)t->data % a == 0;
+    for (int d = 0; d < FERRY_MAX_DIMS; d++)
+        if (t->ne[d] > 1 && t->nb[d] % a != 0) ok = false;
+    if (ok) return FERRY_OK;
+    return ferry_fail(err, FERRY_ERR_UNSUPPORTED, "%s: %s data or strides are not %zu-byte aligned",
+                      ferry_op_name(node->op), what, a);
+}

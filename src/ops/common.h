@@ -72,6 +72,12 @@ int check_rows_contiguous(const struct ferry_tensor *node, const struct ferry_te
                           const char *what, struct ferry_error *err);
 int check_contiguous(const struct ferry_tensor *node, const struct ferry_tensor *t,
                      const char *what, struct ferry_error *err);
+/* Data pointer and strides (of dims with ne > 1) must be multiples of the
+ * type's natural alignment: kernels load elements and block fields directly,
+ * and a misaligned float access is undefined behaviour (and can fault once
+ * the compiler vectorises the loop). A NULL data pointer is not checked. */
+int check_aligned(const struct ferry_tensor *node, const struct ferry_tensor *t, const char *what,
+                  struct ferry_error *err);
 /* The node's own shape must be what the op produces. */
 int check_dst_shape(const struct ferry_tensor *node, int64_t ne0, int64_t ne1, int64_t ne2,
                     int64_t ne3, struct ferry_error *err);
