@@ -43,8 +43,8 @@ static bool load_case(struct golden_case *c, const char *dir, const char *file) 
         CHECK(false, "%s: %s", file, err.msg);
         return false;
     }
-    uint32_t op;
-    int64_t dst_type;
+    uint32_t op = 0;
+    int64_t dst_type = 0;
     bool ok = ferry_gguf_get_u32(c->g, "ferry.op", &op) &&
               ferry_gguf_get_i64(c->g, "ferry.dst_type", &dst_type) &&
               ferry_gguf_get_f64(c->g, "ferry.tolerance_nmse", &c->tol) &&

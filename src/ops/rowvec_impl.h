@@ -119,16 +119,26 @@ void ROWVEC(rope_neox)(float *y, const float *x, const float *c, const float *s,
     }
 }
 
+/* Swaps neighbouring lanes: (x0,x1,x2,x3,...) -> (x1,x0,x3,x2,...).
+ * __builtin_shufflevector needs constant indices, one list per width. */
+#if VEC_LANES == 4
+#define VF_SWAP_PAIRS(v) __builtin_shufflevector(v, v, 1, 0, 3, 2)
+#elif VEC_LANES == 8
+#define VF_SWAP_PAIRS(v) __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6)
+#elif VEC_LANES == 16
+#define VF_SWAP_PAIRS(v) __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14)
+#else
+#error "unsupported VEC_LANES"
+#endif
+
 /* y[i] = x[i]*cc[i] + x[i^1]*ss[i]: with cc = (c,c) and ss = (-s,s) per
  * pair this is (a*c - b*s, b*c + a*s), the same bits as the textbook form
  * (a + -p is a - p, and + commutes). */
 void ROWVEC(rope_adjacent)(float *y, const float *x, const float *cc, const float *ss, int64_t n) {
-    vi swap;
-    for (int k = 0; k < VEC_LANES; k++) swap[k] = k ^ 1;
     int64_t i = 0;
     for (; i + VEC_LANES <= n; i += VEC_LANES) {
         vf v = vf_load(x + i);
-        vf w = __builtin_shuffle(v, swap);
+        vf w = VF_SWAP_PAIRS(v);
         vf_store(y + i, v * vf_load(cc + i) + w * vf_load(ss + i));
     }
     for (; i + 1 < n; i += 2) {
