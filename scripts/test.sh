@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds ferry and runs its test suite.
 #   scripts/test.sh              release build (-Werror) in build/
-#   scripts/test.sh --sanitize   AddressSanitizer + UBSan build in build-asan/
+#   scripts/test.sh --sanitize   AddressSanitizer + UBSan build (clang) in build-asan/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
@@ -9,6 +9,7 @@ dir=build
 flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo)
 if [ "${1:-}" = "--sanitize" ]; then
     dir=build-asan
+    export CC=clang
     flags=(-DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON)
 fi
 cmake -S . -B "$dir" -G Ninja -DFERRY_WERROR=ON "${flags[@]}" >/dev/null
