@@ -1,0 +1,63 @@
+/* ferry: the RPC server (`ferry serve`). Speaks ggml's RPC protocol v5.x so
+ * unmodified ggml / llama.cpp clients can offload graphs to ferry's CPU
+ * engine. Several clients at once, each with its own buffers; nothing a
+ * client sends can crash the server or touch another client's data. */
+#ifndef FERRY_SERVER_H
+#define FERRY_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ferry/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct ferry_server_config {
+    const char *host;          /* IPv4 literal or "localhost"; default "127.0.0.1" */
+    int port;                  /* default 50052; 0 picks a free port (tests) */
+    int n_threads;             /* engine threads; default: cores / 2, at least 1 */
+    const char *cache_dir;     /* tensor cache directory, NULL = no cache */
+    uint64_t cache_max_bytes;  /* cache size bound, least recently used evicted */
+    uint64_t mem_limit;        /* bytes all clients together may allocate; default: physical RAM */
+    int max_conns;             /* connections served at once; more are refused with a log line */
+    int hello_timeout_ms;      /* time a new connection has to send HELLO */
+    int idle_timeout_ms;       /* between requests after HELLO; 0 = none */
+    int frame_timeout_ms;      /* from a frame's first byte to its last */
+    uint64_t max_payload;      /* largest SET_TENSOR / GRAPH_COMPUTE payload accepted */
+};
+
+/* Fills every field with its default. */
+void ferry_server_config_defaults(struct ferry_server_config *cfg);
+
+struct ferry_server;
+
+/* Binds and listens; does not serve yet. */
+int ferry_server_create(const struct ferry_server_config *cfg, struct ferry_server **out,
+                        struct ferry_error *err);
+/* The bound port (useful with port 0). */
+int ferry_server_port(const struct ferry_server *s);
+/* Serves until ferry_server_stop; returns FERRY_OK after a stop. */
+int ferry_server_run(struct ferry_server *s, struct ferry_error *err);
+/* Asks a running server to stop: async-signal-safe and callable from any
+ * thread. Open connections are closed and their buffers freed. */
+void ferry_server_stop(struct ferry_server *s);
+void ferry_server_destroy(struct ferry_server *s);
+
+/* Live counters, for tests, logs and `ferry bench`. */
+struct ferry_server_stats {
+    uint64_t conns_accepted, conns_refused, conns_open;
+    uint64_t conns_dropped; /* closed by the server for a protocol violation or timeout */
+    uint64_t buffers_open, bytes_allocated;
+    uint64_t commands, bytes_in, bytes_out;
+    uint64_t graphs_computed, compute_ns;
+    uint64_t cache_hits, cache_misses, cache_files, cache_bytes;
+    uint64_t cpu_user_ns, cpu_sys_ns; /* the server process's CPU time */
+};
+void ferry_server_get_stats(struct ferry_server *s, struct ferry_server_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
