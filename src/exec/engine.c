@@ -48,7 +48,13 @@ struct ferry_engine *ferry_engine_create(int n_threads) {
     struct ferry_engine *e = calloc(1, sizeof *e);
     if (!e) return NULL;
     e->pool = ferry_threadpool_create(n_threads);
-    if (!e->pool) {
+    /* kernels address per-thread slots as wdata + ith * size even when the
+     * size is 0, so wdata is never NULL */
+    e->work_size = 64;
+    e->work = aligned_alloc(64, e->work_size);
+    if (!e->pool || !e->work) {
+        ferry_threadpool_destroy(e->pool);
+        free(e->work);
         free(e);
         return NULL;
     }

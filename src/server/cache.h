@@ -1,0 +1,53 @@
+/* ferry server: the tensor cache behind SET_TENSOR_HASH.
+ *
+ * Compatible with ggml's rpc-server: a file per tensor, named by the
+ * FNV-1a-64 of its bytes as "%016llx", directly in the cache directory.
+ * Unlike ggml's, it never serves a file it has not re-hashed (a mismatch
+ * deletes the file and counts as a miss), writes atomically (temp file,
+ * fsync, rename), and keeps its size under a bound by evicting the least
+ * recently used files (an in-memory index built from the directory at
+ * startup, ordered by mtime; a hit touches the file's mtime so the order
+ * survives restarts). One mutex guards the index; file I/O runs outside it. */
+#ifndef FERRY_SERVER_CACHE_H
+#define FERRY_SERVER_CACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ferry/error.h"
+
+/* SET_TENSOR payloads strictly larger than this are stored (ggml's rule). */
+#define FERRY_CACHE_MIN_SIZE (10ull * 1024 * 1024)
+
+struct ferry_cache;
+
+struct ferry_cache_stats {
+    uint64_t hits, misses, files, bytes;
+};
+
+/* Creates the directory (and parents) if needed and indexes its files. */
+int ferry_cache_open(const char *dir, uint64_t max_bytes, struct ferry_cache **out,
+                     struct ferry_error *err);
+void ferry_cache_close(struct ferry_cache *c);
+const char *ferry_cache_dir(const struct ferry_cache *c);
+
+/* Size of the cached file for hash, or -1 when there is none (a miss). */
+int64_t ferry_cache_lookup(struct ferry_cache *c, uint64_t hash);
+/* Reads the file for hash (size n, from lookup) into dst and re-hashes it.
+ * FERRY_OK on a verified hit; otherwise the file is dropped, the call
+ * counts a miss and returns FERRY_ERR_INVALID. dst may hold partial data
+ * then (the client follows a miss with SET_TENSOR anyway). */
+int ferry_cache_load(struct ferry_cache *c, uint64_t hash, void *dst, uint64_t n);
+/* Counts a miss that lookup reported. */
+void ferry_cache_note_miss(struct ferry_cache *c);
+/* Stores n bytes under hash (atomically), then evicts down to the bound. */
+int ferry_cache_store(struct ferry_cache *c, uint64_t hash, const void *data, uint64_t n,
+                      struct ferry_error *err);
+
+void ferry_cache_get_stats(struct ferry_cache *c, struct ferry_cache_stats *out);
+
+/* The default directory, as llama.cpp's rpc-server: $LLAMA_CACHE, else
+ * $XDG_CACHE_HOME, else ~/.cache/, followed by llama.cpp/rpc/. */
+int ferry_cache_default_dir(char *out, size_t cap);
+
+#endif

@@ -1,0 +1,243 @@
+/* ferry server: the listener, the accept loop, one thread per connection,
+ * stop, and the live counters.
+ *
+ * The accept loop polls the listening socket and a self-pipe; stop writes
+ * one byte to the pipe (async-signal-safe), after which the loop shuts
+ * every open connection's socket down (their threads wake with an error,
+ * free their buffers and exit) and joins the threads. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ferry/log.h"
+#include "server/internal.h"
+
+uint64_t server_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void ferry_server_config_defaults(struct ferry_server_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    cfg->host = "127.0.0.1";
+    cfg->port = 50052;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    cfg->n_threads = cores >= 2 ? (int)(cores / 2) : 1;
+    cfg->cache_dir = NULL;
+    cfg->cache_max_bytes = 10ull << 30;
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    cfg->mem_limit = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 8ull << 30;
+    cfg->max_conns = 16;
+    cfg->hello_timeout_ms = 10000;
+    cfg->idle_timeout_ms = 0;
+    cfg->frame_timeout_ms = FERRY_CONN_DEFAULT_FRAME_MS;
+    cfg->max_payload = cfg->mem_limit; /* a SET_TENSOR cannot be larger than all memory */
+}
+
+bool server_mem_reserve(struct ferry_server *s, uint64_t size) {
+    uint64_t cur = atomic_load(&s->bytes_allocated);
+    for (;;) {
+        if (size > s->cfg.mem_limit || cur > s->cfg.mem_limit - size) return false;
+        if (atomic_compare_exchange_weak(&s->bytes_allocated, &cur, cur + size)) return true;
+    }
+}
+
+void server_mem_release(struct ferry_server *s, uint64_t size) {
+    atomic_fetch_sub(&s->bytes_allocated, size);
+}
+
+int ferry_server_create(const struct ferry_server_config *cfg, struct ferry_server **out,
+                        struct ferry_error *err) {
+    *out = NULL;
+    struct ferry_server *s = calloc(1, sizeof *s);
+    if (s == NULL) return ferry_fail(err, FERRY_ERR_NOMEM, "out of memory");
+    s->cfg = *cfg;
+    s->stop_pipe[0] = s->stop_pipe[1] = -1;
+    snprintf(s->host, sizeof s->host, "%s", cfg->host ? cfg->host : "127.0.0.1");
+    s->cfg.host = s->host;
+    if (s->cfg.n_threads < 1) s->cfg.n_threads = 1;
+    if (s->cfg.max_conns < 1) s->cfg.max_conns = 1;
+    /* zeros mean "the default" for the bounds a zeroed config would break */
+    struct ferry_server_config def;
+    ferry_server_config_defaults(&def);
+    if (s->cfg.mem_limit == 0) s->cfg.mem_limit = def.mem_limit;
+    if (s->cfg.max_payload == 0) s->cfg.max_payload = s->cfg.mem_limit;
+    if (s->cfg.cache_max_bytes == 0) s->cfg.cache_max_bytes = def.cache_max_bytes;
+    pthread_mutex_init(&s->engine_lock, NULL);
+    pthread_mutex_init(&s->conns_lock, NULL);
+    int rc;
+    if (cfg->cache_dir) {
+        s->cache_dir = strdup(cfg->cache_dir);
+        s->cfg.cache_dir = s->cache_dir;
+        rc = s->cache_dir ? ferry_cache_open(s->cache_dir, s->cfg.cache_max_bytes, &s->cache, err)
+                          : ferry_fail(err, FERRY_ERR_NOMEM, "out of memory");
+        if (rc) goto fail;
+    }
+    if (pipe2(s->stop_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+        rc = ferry_fail(err, FERRY_ERR_IO, "pipe: %s", strerror(errno));
+        goto fail;
+    }
+    s->engine = ferry_engine_create(s->cfg.n_threads);
+    if (s->engine == NULL) {
+        rc = ferry_fail(err, FERRY_ERR_NOMEM, "cannot start %d engine threads", s->cfg.n_threads);
+        goto fail;
+    }
+    rc = ferry_tcp_listen(s->host, cfg->port, &s->listener, err);
+    if (rc) goto fail;
+    *out = s;
+    return FERRY_OK;
+fail:
+    ferry_server_destroy(s);
+    return rc;
+}
+
+int ferry_server_port(const struct ferry_server *s) { return ferry_listener_port(s->listener); }
+
+void ferry_server_stop(struct ferry_server *s) {
+    atomic_store(&s->stopping, true);
+    char b = 1;
+    ssize_t w = write(s->stop_pipe[1], &b, 1); /* full pipe: a stop is already pending */
+    (void)w;
+}
+
+/* Joins threads that have finished; all of them when `all`. Only the run
+ * thread changes the list, so walking it needs no lock; `finished` does. */
+static void reap(struct ferry_server *s, bool all) {
+    struct server_conn **pp = &s->conns;
+    while (*pp) {
+        struct server_conn *sc = *pp;
+        pthread_mutex_lock(&s->conns_lock);
+        bool done = sc->finished;
+        pthread_mutex_unlock(&s->conns_lock);
+        if (done || all) {
+            pthread_join(sc->thread, NULL);
+            *pp = sc->next;
+            s->n_conns--;
+            free(sc);
+        } else {
+            pp = &sc->next;
+        }
+    }
+}
+
+static void accept_one(struct ferry_server *s) {
+    struct ferry_conn *c = NULL;
+    struct ferry_error err;
+    if (ferry_listener_accept(s->listener, 0, &c, &err) != FERRY_OK) {
+        if (err.code != FERRY_ERR_TIMEOUT) ferry_log_warn("accept: %s", err.msg);
+        return;
+    }
+    uint64_t open = atomic_load(&s->conns_open);
+    if (open >= (uint64_t)s->cfg.max_conns) {
+        ferry_log_warn("refusing %s: %llu connections open (max %d)", ferry_conn_peer(c),
+                       (unsigned long long)open, s->cfg.max_conns);
+        atomic_fetch_add(&s->conns_refused, 1);
+        ferry_conn_close(c);
+        return;
+    }
+    struct server_conn *sc = calloc(1, sizeof *sc);
+    if (sc == NULL) {
+        ferry_log_error("refusing %s: out of memory", ferry_conn_peer(c));
+        atomic_fetch_add(&s->conns_refused, 1);
+        ferry_conn_close(c);
+        return;
+    }
+    sc->server = s;
+    sc->conn = c;
+    atomic_fetch_add(&s->conns_accepted, 1);
+    atomic_fetch_add(&s->conns_open, 1);
+    int rc = pthread_create(&sc->thread, NULL, server_conn_main, sc);
+    if (rc != 0) {
+        ferry_log_error("refusing %s: cannot start a thread: %s", ferry_conn_peer(c), strerror(rc));
+        atomic_fetch_sub(&s->conns_open, 1);
+        atomic_fetch_add(&s->conns_refused, 1);
+        ferry_conn_close(c);
+        free(sc);
+        return;
+    }
+    sc->next = s->conns;
+    s->conns = sc;
+    s->n_conns++;
+}
+
+int ferry_server_run(struct ferry_server *s, struct ferry_error *err) {
+    (void)err;
+    while (!atomic_load(&s->stopping)) {
+        reap(s, false);
+        struct pollfd p[2] = {
+            { .fd = ferry_listener_fd(s->listener), .events = POLLIN },
+            { .fd = s->stop_pipe[0], .events = POLLIN },
+        };
+        int n = poll(p, 2, 1000);
+        if (n < 0 && errno != EINTR) {
+            ferry_log_error("poll: %s", strerror(errno));
+            break;
+        }
+        if (n <= 0) continue;
+        if (p[1].revents) break;
+        if (p[0].revents & POLLIN) accept_one(s);
+    }
+    /* wake every connection thread: a shut-down socket fails their next I/O */
+    pthread_mutex_lock(&s->conns_lock);
+    for (struct server_conn *sc = s->conns; sc; sc = sc->next)
+        if (!sc->closing) shutdown(ferry_conn_fd(sc->conn), SHUT_RDWR);
+    pthread_mutex_unlock(&s->conns_lock);
+    reap(s, true);
+    char drain[64];
+    while (read(s->stop_pipe[0], drain, sizeof drain) > 0) {}
+    return FERRY_OK;
+}
+
+void ferry_server_destroy(struct ferry_server *s) {
+    if (s == NULL) return;
+    reap(s, true);
+    ferry_listener_close(s->listener);
+    ferry_engine_destroy(s->engine);
+    ferry_cache_close(s->cache);
+    if (s->stop_pipe[0] >= 0) close(s->stop_pipe[0]);
+    if (s->stop_pipe[1] >= 0) close(s->stop_pipe[1]);
+    pthread_mutex_destroy(&s->engine_lock);
+    pthread_mutex_destroy(&s->conns_lock);
+    free(s->cache_dir);
+    free(s);
+}
+
+static uint64_t tv_ns(struct timeval tv) {
+    return (uint64_t)tv.tv_sec * 1000000000ull + (uint64_t)tv.tv_usec * 1000ull;
+}
+
+void ferry_server_get_stats(struct ferry_server *s, struct ferry_server_stats *out) {
+    memset(out, 0, sizeof *out);
+    out->conns_accepted = atomic_load(&s->conns_accepted);
+    out->conns_refused = atomic_load(&s->conns_refused);
+    out->conns_open = atomic_load(&s->conns_open);
+    out->conns_dropped = atomic_load(&s->conns_dropped);
+    out->buffers_open = atomic_load(&s->buffers_open);
+    out->bytes_allocated = atomic_load(&s->bytes_allocated);
+    out->commands = atomic_load(&s->commands);
+    out->bytes_in = atomic_load(&s->bytes_in);
+    out->bytes_out = atomic_load(&s->bytes_out);
+    out->graphs_computed = atomic_load(&s->graphs_computed);
+    out->compute_ns = atomic_load(&s->compute_ns);
+    if (s->cache) {
+        struct ferry_cache_stats cs;
+        ferry_cache_get_stats(s->cache, &cs);
+        out->cache_hits = cs.hits;
+        out->cache_misses = cs.misses;
+        out->cache_files = cs.files;
+        out->cache_bytes = cs.bytes;
+    }
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0) {
+        out->cpu_user_ns = tv_ns(ru.ru_utime);
+        out->cpu_sys_ns = tv_ns(ru.ru_stime);
+    }
+}
