@@ -1,7 +1,7 @@
 /* bench_ops: the hot ops of LLM decode, timed through the engine, against
  * the machine's own memory read bandwidth measured in the same run.
  *
- *   bench_ops [--threads N] [--quick] [--json] [--filter SUBSTRING]
+ *   bench_ops [--threads N] [--quick] [--json] [--no-huge] [--filter SUBSTRING]
  *
  * Decode is memory-bound: a matrix x vector product reads every weight byte
  * once, so its speed is best judged as a fraction of what the memory system
@@ -11,9 +11,9 @@
  * overflow the cache ("cold": bytes really come from DRAM), and again with
  * one copy repeated ("hot": as cache-resident as the size allows). Each
  * figure is printed as GB/s of input bytes read and as a ratio to the
- * measured bandwidth. The machine may be shared, so the bandwidth is
- * measured again right before each case and the ratios use the better of
- * that and the first figure (a busy neighbour lowers both alike). */
+ * measured bandwidth. The machine may be shared, so every timing round of
+ * a case is paired with a bandwidth pass and each side keeps its best: the
+ * ratios compare best with best from the same stretch of time. */
 #include <emmintrin.h>
 #include <math.h>
 #include <pthread.h>
@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -34,13 +35,13 @@
 
 static struct {
     int threads;
-    bool quick, json;
+    bool quick, json, huge;
     const char *filter;
     size_t llc;        /* last-level cache bytes */
     size_t rotate;     /* bytes a cold rotation must span */
     double min_time;   /* seconds of measurement per figure */
     double bandwidth;  /* measured, bytes/s */
-} opt = { .threads = 2 };
+} opt = { .threads = 2, .huge = true };
 
 static double now(void) {
     struct timespec ts;
@@ -56,12 +57,19 @@ static float rand_uniform(float lo, float hi) {
     return lo + (hi - lo) * (float)((rng >> 40) * 0x1p-24);
 }
 
+/* Large buffers are 2 MiB aligned and asked to use huge pages (as a server
+ * would for its weights), for the bandwidth buffer and the tensors alike;
+ * --no-huge leaves the kernel's default. */
 static void *xalloc(size_t n) {
-    void *p = aligned_alloc(64, (n + 63) & ~(size_t)63);
+    const size_t huge = (size_t)2 << 20;
+    const bool big = n >= huge;
+    const size_t align = big ? huge : 64;
+    void *p = aligned_alloc(align, (n + align - 1) & ~(align - 1));
     if (!p) {
         fprintf(stderr, "bench_ops: out of memory (%zu bytes)\n", n);
         exit(1);
     }
+    if (big && opt.huge) madvise(p, (n + align - 1) & ~(align - 1), MADV_HUGEPAGE);
     return p;
 }
 
@@ -74,6 +82,7 @@ struct bw_worker {
     size_t n;
     int passes;
     uint64_t sink;
+    double start, end; /* of the current pass, taken by the worker itself */
 };
 
 /* Sums 64 bytes per step in four independent SSE2 accumulators: far more
@@ -96,30 +105,48 @@ static void *bw_main(void *arg) {
     struct bw_worker *w = arg;
     for (int k = 0; k < w->passes; k++) {
         pthread_barrier_wait(w->barrier);
+        w->start = now();
         w->sink += read_sum(w->p, w->n);
+        w->end = now();
         pthread_barrier_wait(w->barrier);
     }
     return NULL;
 }
 
-/* Best of several passes of nth threads each reading its slice. */
-static double measure_bandwidth(int nth, size_t bytes, int passes) {
-    char *buf = xalloc(bytes);
-    for (size_t i = 0; i < bytes; i++) buf[i] = (char)(i * 131);
+/* The buffer the bandwidth passes read: allocated and written once, far
+ * larger than the last-level cache, so a pass finds none of it cached (the
+ * tail the previous pass left in cache is evicted before it is reached). */
+static char *bw_buf;
+static size_t bw_size;
+
+static void bandwidth_buffer_init(size_t bytes) {
+    bw_buf = xalloc(bytes);
+    bw_size = bytes;
+    for (size_t i = 0; i < bytes; i++) bw_buf[i] = (char)(i * 131);
+}
+
+/* Best of several passes of nth threads, each reading its slice. */
+static double measure_bandwidth(int nth, int passes) {
     pthread_barrier_t barrier;
     pthread_barrier_init(&barrier, NULL, (unsigned)nth + 1);
     struct bw_worker *w = calloc((size_t)nth, sizeof *w);
-    const size_t slice = bytes / (size_t)nth & ~(size_t)63;
+    const size_t slice = bw_size / (size_t)nth & ~(size_t)63;
     for (int t = 0; t < nth; t++) {
-        w[t] = (struct bw_worker){ .barrier = &barrier, .p = buf + (size_t)t * slice, .n = slice, .passes = passes };
+        w[t] = (struct bw_worker){ .barrier = &barrier, .p = bw_buf + (size_t)t * slice, .n = slice, .passes = passes };
         pthread_create(&w[t].thread, NULL, bw_main, &w[t]);
     }
+    /* A pass lasts from the first reader's start to the last one's end, as
+     * the readers see it: the waiting main thread may be woken late. */
     double best = 0;
     for (int k = 0; k < passes; k++) {
         pthread_barrier_wait(&barrier);
-        const double t0 = now();
         pthread_barrier_wait(&barrier);
-        const double bw = (double)(slice * (size_t)nth) / (now() - t0);
+        double start = w[0].start, end = w[0].end;
+        for (int t = 1; t < nth; t++) {
+            if (w[t].start < start) start = w[t].start;
+            if (w[t].end > end) end = w[t].end;
+        }
+        const double bw = (double)(slice * (size_t)nth) / (end - start);
         if (bw > best) best = bw;
     }
     uint64_t sink = 0;
@@ -130,7 +157,6 @@ static double measure_bandwidth(int nth, size_t bytes, int passes) {
     if (sink == 42) fputc(' ', stderr); /* keep the sums alive */
     pthread_barrier_destroy(&barrier);
     free(w);
-    free(buf);
     return best;
 }
 
@@ -236,16 +262,21 @@ struct result {
     bool ok;
     char why[256];
     double cold_s, hot_s; /* seconds per op */
-    double bandwidth;     /* measured right before this case, bytes/s */
+    double bandwidth;     /* best bandwidth pass interleaved with this case's rounds, bytes/s */
     int copies;
 };
 
-/* Runs the graph `nodes` repeatedly for about opt.min_time; best seconds per node. */
+/* Runs the graph `nodes` repeatedly for about opt.min_time; best seconds per
+ * node. Each round is preceded by a memory bandwidth pass, so that the op
+ * and the reference get their best moments out of the same stretch of time
+ * on a machine that may be shared; the best pass goes to *bw. */
 static double time_graph(struct ferry_engine *e, struct ferry_tensor **nodes, int n, struct ferry_error *err,
-                         bool *ok) {
+                         bool *ok, double *bw) {
     double best = INFINITY, spent = 0;
     *ok = ferry_engine_compute(e, nodes, n, err) == FERRY_OK; /* warm-up */
     for (int round = 0; *ok && (round < 3 || spent < opt.min_time); round++) {
+        const double b = measure_bandwidth(opt.threads, 1);
+        if (b > *bw) *bw = b;
         const double t0 = now();
         *ok = ferry_engine_compute(e, nodes, n, err) == FERRY_OK;
         const double dt = now() - t0;
@@ -280,11 +311,7 @@ static struct result run_case(struct ferry_engine *e, struct bench_case *c) {
         nodes[k] = &copy_nodes[k];
     }
     bool ok;
-    /* The machine may be shared: judge each case against the bandwidth of
-     * the same moment (best of a few quick passes), not only the start's. */
-    r.bandwidth = measure_bandwidth(opt.threads, opt.quick ? (size_t)128 << 20 : (size_t)256 << 20, 3);
-    if (r.bandwidth < opt.bandwidth) r.bandwidth = opt.bandwidth;
-    r.cold_s = time_graph(e, nodes, copies, &err, &ok);
+    r.cold_s = time_graph(e, nodes, copies, &err, &ok, &r.bandwidth);
     r.copies = copies;
     for (int k = 0; k < copies; k++)
         for (int s = 0; s < MAX_SRC; s++) tensor_free(copy_srcs[k][s]);
@@ -294,7 +321,7 @@ static struct result run_case(struct ferry_engine *e, struct bench_case *c) {
         if (reps < 4) reps = 4;
         if (reps > MAX_COPIES * 4) reps = MAX_COPIES * 4;
         for (int k = 0; k < reps; k++) nodes[k] = &c->node;
-        r.hot_s = time_graph(e, nodes, reps, &err, &ok);
+        r.hot_s = time_graph(e, nodes, reps, &err, &ok, &r.bandwidth);
     }
     free(copy_nodes);
     r.ok = ok;
@@ -429,7 +456,7 @@ static void bench_flash_attn(struct ferry_engine *e, int64_t kv) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: bench_ops [--threads N] [--quick] [--json] [--filter SUBSTRING]\n");
+    fprintf(stderr, "usage: bench_ops [--threads N] [--quick] [--json] [--no-huge] [--filter SUBSTRING]\n");
     exit(2);
 }
 
@@ -438,6 +465,7 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) opt.threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick")) opt.quick = true;
         else if (!strcmp(argv[i], "--json")) opt.json = true;
+        else if (!strcmp(argv[i], "--no-huge")) opt.huge = false;
         else if (!strcmp(argv[i], "--filter") && i + 1 < argc) opt.filter = argv[++i];
         else usage();
     }
@@ -448,8 +476,9 @@ int main(int argc, char **argv) {
     if (opt.quick) opt.rotate /= 2;
     opt.min_time = opt.quick ? 0.1 : 0.4;
 
-    const size_t bw_bytes = opt.quick ? (size_t)512 << 20 : (size_t)1 << 30;
-    opt.bandwidth = measure_bandwidth(opt.threads, bw_bytes, opt.quick ? 4 : 8);
+    const size_t bw_bytes = opt.quick ? (size_t)256 << 20 : (size_t)512 << 20;
+    bandwidth_buffer_init(bw_bytes);
+    opt.bandwidth = measure_bandwidth(opt.threads, opt.quick ? 4 : 8);
 
     struct ferry_engine *e = ferry_engine_create(opt.threads);
     if (!e) {
@@ -478,5 +507,6 @@ int main(int argc, char **argv) {
     bench_flash_attn(e, 4096);
 
     ferry_engine_destroy(e);
+    free(bw_buf);
     return 0;
 }

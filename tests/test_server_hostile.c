@@ -43,7 +43,9 @@
 #define HOSTILE_ASAN 0
 #endif
 #if HOSTILE_ASAN
-#include <sanitizer/allocator_interface.h>
+/* from the sanitizer runtime (gcc's and clang's); declared here because
+ * gcc does not install sanitizer/allocator_interface.h */
+size_t __sanitizer_get_current_allocated_bytes(void);
 #endif
 
 #define HOST "127.0.0.1"

@@ -1,5 +1,5 @@
 /* FLASH_ATTN_EXT (ops.md B.19): softmax(scale * K.q + mask) . V for every
- * query row, with an online softmax over the KV positions.
+ * query row.
  *
  * q [DK, n_q, H, B] f32; k [DK, n_kv, Hk, Bk]; v [DV, n_kv, Hv, Bv];
  * optional f16 mask [>= n_kv, >= n_q, M2, M3] and f32 sinks [H].
@@ -161,7 +161,10 @@ struct fa_job {
     ferry_to_float_fn v_to_float; /* V row -> f32 */
     ferry_to_float_fn widen_mask; /* f16 -> f32 */
     bool simd;
-    bool f16_kv; /* f16 K and V with AVX2: the grouped kernels */
+    bool f16_kv; /* f16 K and V with AVX2 or better: the grouped kernels */
+    void (*scores_f16)(int64_t n, const uint16_t *k, const float *const *q, int ng, float *out);
+    void (*accumulate_f16)(int64_t dv, const int32_t *pos, int64_t npos, const char *v, size_t nbv,
+                           const float *const *w, int ng, float *const *acc);
     float scale, max_bias, softcap;
     struct fa_scratch_layout l;
 };
@@ -177,32 +180,49 @@ struct fa_head {
     float sum;
 };
 
+/* Is position c hidden from every head of the group? */
+static bool all_hidden(const struct fa_head *hs, int g, int64_t c) {
+    for (int i = 0; i < g; i++)
+        if (!hs[i].mask || hs[i].slope * hs[i].mask[c] != -INFINITY) return false;
+    return true;
+}
+
 /* Scores of every KV position for each head (-inf where the mask hides it),
- * reading each K row once for the whole group. */
+ * reading each K row once for the whole group: first the raw dot products
+ * (0 where every head is masked), then per head, in vector passes,
+ * s = raw*scale (+ softcap) + slope*mask, which is -inf exactly where the
+ * mask term is, as ggml's skip of those positions has it. */
 static void fa_scores(const struct fa_job *j, struct fa_head *hs, int g, const char *k_base) {
     const int64_t n_kv = j->k->ne[1], dk = j->q->ne[0], nbk = (int64_t)j->k->nb[1];
     const float *qs[FA_GROUP];
     for (int i = 0; i < g; i++) qs[i] = hs[i].q;
     for (int64_t c = 0; c < n_kv; c++) {
         const char *krow = k_base + c * nbk;
-        float mv[FA_GROUP], dots[FA_GROUP];
-        bool any = false;
-        for (int i = 0; i < g; i++) {
-            mv[i] = hs[i].mask ? hs[i].slope * hs[i].mask[c] : 0.0f;
-            any |= mv[i] != -INFINITY;
+        if (all_hidden(hs, g, c)) {
+            for (int i = 0; i < g; i++) hs[i].score[c] = 0.0f;
+            continue;
         }
-        if (any && j->f16_kv) ferry_attn_scores_f16_avx2(dk, (const uint16_t *)(const void *)krow, qs, g, dots);
-        for (int i = 0; i < g; i++) {
-            if (mv[i] == -INFINITY) {
-                hs[i].score[c] = -INFINITY;
-                continue;
-            }
-            float s = dots[i];
-            if (!j->f16_kv) j->vd.dot(dk, &s, krow, hs[i].q);
-            s *= j->scale;
-            if (j->softcap != 0.0f) s = j->softcap * tanhf(s);
-            hs[i].score[c] = s + mv[i];
+        float dots[FA_GROUP];
+        if (j->f16_kv) j->scores_f16(dk, (const uint16_t *)(const void *)krow, qs, g, dots);
+        else
+            for (int i = 0; i < g; i++) j->vd.dot(dk, &dots[i], krow, hs[i].q);
+        for (int i = 0; i < g; i++) hs[i].score[c] = dots[i];
+    }
+    for (int i = 0; i < g; i++) {
+        float *sc = hs[i].score;
+        if (j->softcap != 0.0f) {
+            for (int64_t c = 0; c < n_kv; c++) sc[c] = j->softcap * tanhf(sc[c] * j->scale);
+            if (hs[i].mask) rowvec_scale_add(sc, sc, hs[i].mask, n_kv, 1.0f, hs[i].slope);
+        } else if (hs[i].mask) {
+            rowvec_scale_add(sc, sc, hs[i].mask, n_kv, j->scale, hs[i].slope);
+        } else {
+            rowvec_scale(sc, sc, n_kv, j->scale);
         }
+        /* a hidden position stays hidden even if K holds inf/NaN there
+         * (unused cache cells): ggml never reads it */
+        if (hs[i].mask)
+            for (int64_t c = 0; c < n_kv; c++)
+                if (hs[i].slope * hs[i].mask[c] == -INFINITY) sc[c] = -INFINITY;
     }
 }
 
@@ -239,7 +259,7 @@ static void fa_accumulate(const struct fa_job *j, struct fa_head *hs, int g, con
             w[i] = hs[i].score;
             acc[i] = hs[i].acc;
         }
-        ferry_attn_accumulate_f16_avx2(dv, pos, npos, v_base, (size_t)nbv, w, g, acc);
+        j->accumulate_f16(dv, pos, npos, v_base, (size_t)nbv, w, g, acc);
         return;
     }
     for (int64_t t = 0; t < npos; t++) {
@@ -319,6 +339,8 @@ static void fa_compute(const struct ferry_compute_params *p, struct ferry_tensor
     ferry_vec_dot_get(j.k->type, level, &j.vd);
     j.simd = level >= FERRY_SIMD_AVX2;
     j.f16_kv = j.simd && j.k->type == FERRY_TYPE_F16 && j.v->type == FERRY_TYPE_F16;
+    j.scores_f16 = level >= FERRY_SIMD_AVX512 ? ferry_attn_scores_f16_avx512 : ferry_attn_scores_f16_avx2;
+    j.accumulate_f16 = level >= FERRY_SIMD_AVX512 ? ferry_attn_accumulate_f16_avx512 : ferry_attn_accumulate_f16_avx2;
     j.v_to_float = ferry_type_traits(j.v->type)->to_float;
     if (j.simd && j.v->type == FERRY_TYPE_F16) j.v_to_float = widen_f16_simd;
     j.widen_mask = j.simd ? widen_f16_simd : ferry_type_traits(FERRY_TYPE_F16)->to_float;

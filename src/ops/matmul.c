@@ -3,11 +3,12 @@
  * dst[i0,i1,i2,i3] = dot(A row (i0, i2/r2, i3/r3), B' row (i1, i2, i3)),
  * where B' is B converted to the vec_dot type of A's type (vecdot.h).
  *
- * Threads first convert B's rows into the shared scratch (each a slice of
- * rows), meet at a barrier, then split the output. The split follows A's
- * rows, so in matrix x vector (decode) each thread streams its own slice of
- * the weights. Each output element is one vec_dot call, so results do not
- * depend on the thread count. */
+ * Threads first prepare B's rows in the vec_dot layout (vecdot.h) in the
+ * shared scratch, each a slice of the rows, meet at a barrier, then split
+ * the output. The split follows A's rows, so in matrix x vector (decode) the
+ * threads stream disjoint halves (thirds, ...) of the weights. Each output
+ * element is one vec_dot call, so results do not depend on the thread
+ * count. */
 #include <math.h>
 #include <stdlib.h>
 
@@ -36,6 +37,34 @@ static size_t add_sat(size_t a, size_t b) {
 static size_t align64(size_t n) { return n > SIZE_MAX - 63 ? SIZE_MAX : (n + 63) & ~(size_t)63; }
 
 static void store_out(char *p, float v) { memcpy(p, &v, sizeof v); }
+
+/* Matrix x vector streams the weights from memory once. The hardware
+ * prefetcher stops at 4 KiB page boundaries, so each thread kicks it on the
+ * pages of the row PREFETCH_PAGES_AHEAD rows ahead; compact types (under a
+ * byte per weight) spend more time per byte in the dot product and also
+ * pull whole rows PREFETCH_ROWS_AHEAD ahead into L1. (Measured with 2
+ * threads on a 2-core Cascade Lake VM, as a fraction of its read bandwidth:
+ * Q4_0 ~0.74 -> ~0.79, Q6_K 0.72 -> 0.80, Q8_0 0.88 -> 0.90, F16 0.92 ->
+ * 0.95; whole-row prefetches cost Q8_0 and F16 more than they give.) */
+#define PREFETCH_PAGES_AHEAD 4
+#define PREFETCH_ROWS_AHEAD 2
+
+static void prefetch_row(const char *p, size_t n) {
+    for (size_t off = 0; off < n; off += 64) __builtin_prefetch(p + off, 0, 3);
+}
+
+/* One line in each 4 KiB page that [p, p+n) enters. */
+static void prefetch_pages(const char *p, size_t n) {
+    const uintptr_t first = ((uintptr_t)p + 4095) & ~(uintptr_t)4095, end = (uintptr_t)p + n;
+    for (uintptr_t a = first; a < end; a += 4096) __builtin_prefetch((const char *)a, 0, 3);
+}
+
+/* Prefetches for weight row r of [.., r1) before it is first used. */
+static void prefetch_ahead(const char *a_base, int64_t nb01, int64_t r, int64_t r1, size_t row_bytes,
+                           bool compact) {
+    if (r + PREFETCH_PAGES_AHEAD < r1) prefetch_pages(a_base + (r + PREFETCH_PAGES_AHEAD) * nb01, row_bytes);
+    if (compact && r + PREFETCH_ROWS_AHEAD < r1) prefetch_row(a_base + (r + PREFETCH_ROWS_AHEAD) * nb01, row_bytes);
+}
 
 /* Rejects what every matmul-like weight/activation pair must satisfy. */
 static int check_operands(const struct ferry_tensor *node, const struct ferry_tensor *a,
@@ -74,8 +103,8 @@ static const void *b_row(const struct b_rows *br, int64_t i1, int64_t i2, int64_
     return br->converted + (size_t)((i3 * b->ne[2] + i2) * b->ne[1] + i1) * br->row_size;
 }
 
-/* The converter B's rows need for weights of type at, or NULL when the
- * kernels read them in place. */
+/* The converter B's rows need for the kernels vd, or NULL when the kernels
+ * read them in place. */
 static ferry_prepare_fn b_converter(const struct ferry_vec_dot *vd, const struct ferry_tensor *b) {
     return b->type == FERRY_TYPE_F32 ? vd->from_f32 : vd->from_raw;
 }
@@ -183,12 +212,15 @@ static void mm_block(const struct mm_job *j, int64_t i2, int64_t i3, int64_t r0,
     const char *a_base = (const char *)a->data + (i2 / j->r2) * (int64_t)a->nb[2] +
                          (i3 / j->r3) * (int64_t)a->nb[3];
     const int64_t k = a->ne[0], nb01 = (int64_t)a->nb[1], nb0 = (int64_t)j->dst->nb[0];
+    const size_t row_bytes = ferry_row_size(a->type, k);
+    const bool compact = row_bytes < (size_t)k;
     for (int64_t rt = r0; rt < r1; rt += ROW_TILE) {
         const int64_t re = rt + ROW_TILE < r1 ? rt + ROW_TILE : r1;
         for (int64_t c = c0; c < c1; c++) {
             const void *y = b_row(&j->br, c, i2, i3);
             char *out = tensor_row(j->dst, c, i2, i3);
             for (int64_t r = rt; r < re; r++) {
+                if (c == c0) prefetch_ahead(a_base, nb01, r, r1, row_bytes, compact); /* first pass streams A */
                 float v;
                 j->dot(k, &v, a_base + r * nb01, y);
                 store_out(out + r * nb0, v);
@@ -327,6 +359,8 @@ static void mm_id_block(const struct mm_job *j, const struct id_pair *pairs, int
     const char *a_base = (const char *)as->data + (int64_t)pairs[g0].expert * (int64_t)as->nb[2];
     const int64_t k = as->ne[0], nb01 = (int64_t)as->nb[1], nb0 = (int64_t)j->dst->nb[0];
     const int64_t n_b1 = j->br.b->ne[1];
+    const size_t row_bytes = ferry_row_size(as->type, k);
+    const bool compact = row_bytes < (size_t)k;
     for (int64_t rt = r0; rt < r1; rt += ROW_TILE) {
         const int64_t re = rt + ROW_TILE < r1 ? rt + ROW_TILE : r1;
         for (int64_t g = g0; g < g1; g++) {
@@ -334,6 +368,7 @@ static void mm_id_block(const struct mm_job *j, const struct id_pair *pairs, int
             const void *y = b_row(&j->br, e % n_b1, t, 0);
             char *out = tensor_row(j->dst, e, t, 0);
             for (int64_t r = rt; r < re; r++) {
+                if (g == g0) prefetch_ahead(a_base, nb01, r, r1, row_bytes, compact);
                 float v;
                 j->dot(k, &v, a_base + r * nb01, y);
                 store_out(out + r * nb0, v);

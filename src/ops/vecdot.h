@@ -91,8 +91,7 @@ void ferry_prepare_f16_avx2(const void *x, void *y, int64_t n);
 void ferry_widen_f16_avx2(const void *x, void *y, int64_t n); /* f16 -> f32 */
 void ferry_prepare_bf16_avx2(const void *x, void *y, int64_t n);
 void ferry_quantize_row_q8_K_avx2(const void *x, void *y, int64_t n);
-/* y[i] += x[i] * v, x in f16 or f32 (FLASH_ATTN_EXT's V accumulation). */
-void ferry_vec_mad_f16_avx2(int64_t n, float *y, const uint16_t *x, float v);
+/* y[i] += x[i] * v (FLASH_ATTN_EXT's V accumulation for other V types). */
 void ferry_vec_mad_f32_avx2(int64_t n, float *y, const float *x, float v);
 
 /* FLASH_ATTN_EXT with f16 K and V, for ng <= 8 heads sharing a KV head:
@@ -109,5 +108,8 @@ void ferry_vec_dot_q4_0_avx512(int64_t n, float *s, const void *x, const void *y
 void ferry_vec_dot_q8_0_avx512(int64_t n, float *s, const void *x, const void *y);
 void ferry_vec_dot_q4_0_avx512_vnni(int64_t n, float *s, const void *x, const void *y);
 void ferry_vec_dot_q8_0_avx512_vnni(int64_t n, float *s, const void *x, const void *y);
+void ferry_attn_scores_f16_avx512(int64_t n, const uint16_t *k, const float *const *q, int ng, float *out);
+void ferry_attn_accumulate_f16_avx512(int64_t dv, const int32_t *pos, int64_t npos, const char *v, size_t nbv,
+                                      const float *const *w, int ng, float *const *acc);
 
 #endif

@@ -168,12 +168,6 @@ void ferry_vec_mad_f32_avx2(int64_t n, float *y, const float *x, float v) {
     for (; i < n; i++) y[i] += x[i] * v;
 }
 
-void ferry_vec_mad_f16_avx2(int64_t n, float *y, const uint16_t *x, float v) {
-    const __m256 vv = _mm256_set1_ps(v);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(load_f16(x + i), vv, _mm256_loadu_ps(y + i)));
-    for (; i < n; i++) y[i] += fp16_to_fp32(x[i]) * v;
-}
 
 /* ---- activation converters ---------------------------------------------------- */
 

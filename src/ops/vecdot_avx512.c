@@ -1,6 +1,7 @@
 /* AVX-512 (F/BW/VL/DQ) versions of the two hottest dot products, Q4_0 and
  * Q8_0 against a prepared Q8_0 row (vecdot.h): two 32-element blocks per
- * 512-bit register, eight blocks per step. Callers check ferry_simd_level()
+ * 512-bit register, eight blocks per step; and of FLASH_ATTN_EXT's f16
+ * inner loops. Callers check ferry_simd_level()
  * == FERRY_SIMD_AVX512 first; the _vnni versions additionally need the
  * CPU's AVX512_VNNI (vpdpbusd: unsigned x signed bytes, four at a time,
  * straight into i32), enabled per function.
@@ -177,3 +178,93 @@ VNNI static inline __m512i dot_q8_vnni(__m512i x, __m512i y) { return dot_vnni(f
 
 Q8_0_KERNEL(ferry_vec_dot_q8_0_avx512, , dot_signed_madd, 0)
 Q8_0_KERNEL(ferry_vec_dot_q8_0_avx512_vnni, VNNI, dot_q8_vnni, 128)
+
+/* ---- FLASH_ATTN_EXT inner loops for f16 K and V (see vecdot_avx2.c) ------------ */
+
+static inline __m512 load_f16x16(const void *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+
+/* Up to four heads: two accumulators each over 32-element steps. */
+static inline __attribute__((always_inline)) void scores_ng(int64_t n, const uint16_t *k, const float *const *q,
+                                                            const int NG, float *out) {
+    __m512 a[4][2];
+#pragma GCC unroll 8
+    for (int g = 0; g < NG; g++) a[g][0] = a[g][1] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m512 k0 = load_f16x16(k + i), k1 = load_f16x16(k + i + 16);
+#pragma GCC unroll 8
+        for (int g = 0; g < NG; g++) {
+            a[g][0] = _mm512_fmadd_ps(k0, _mm512_loadu_ps(q[g] + i), a[g][0]);
+            a[g][1] = _mm512_fmadd_ps(k1, _mm512_loadu_ps(q[g] + i + 16), a[g][1]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int g = 0; g < NG; g++) {
+        float sum = _mm512_reduce_add_ps(_mm512_add_ps(a[g][0], a[g][1]));
+        for (int64_t t = i; t < n; t++) sum += fp16_to_fp32(k[t]) * q[g][t];
+        out[g] = sum;
+    }
+}
+
+void ferry_attn_scores_f16_avx512(int64_t n, const uint16_t *k, const float *const *q, int ng, float *out) {
+    for (int g = 0; g < ng; g += 4) {
+        switch (ng - g < 4 ? ng - g : 4) {
+        case 1: scores_ng(n, k, q + g, 1, out + g); break;
+        case 2: scores_ng(n, k, q + g, 2, out + g); break;
+        case 3: scores_ng(n, k, q + g, 3, out + g); break;
+        default: scores_ng(n, k, q + g, 4, out + g); break;
+        }
+    }
+}
+
+#define ATTN_POS_BLOCK 32
+
+/* Sixteen columns at a time, up to eight heads' accumulators in registers. */
+static inline __attribute__((always_inline)) void accumulate_block(int64_t dv, const int32_t *pos, int64_t nt,
+                                                                   const char *v, size_t nbv, const float *wb,
+                                                                   const int NG, float *const *acc) {
+    int64_t e = 0;
+    for (; e + 16 <= dv; e += 16) {
+        __m512 a[8];
+#pragma GCC unroll 8
+        for (int g = 0; g < NG; g++) a[g] = _mm512_loadu_ps(acc[g] + e);
+        for (int64_t t = 0; t < nt; t++) {
+            const __m512 x = load_f16x16(v + (size_t)pos[t] * nbv + 2 * e);
+#pragma GCC unroll 8
+            for (int g = 0; g < NG; g++) a[g] = _mm512_fmadd_ps(_mm512_set1_ps(wb[8 * t + g]), x, a[g]);
+        }
+#pragma GCC unroll 8
+        for (int g = 0; g < NG; g++) _mm512_storeu_ps(acc[g] + e, a[g]);
+    }
+    for (; e < dv; e++)
+        for (int64_t t = 0; t < nt; t++) {
+            const float x = fp16_to_fp32(u16_at((const uint8_t *)v + (size_t)pos[t] * nbv + 2 * e));
+#pragma GCC unroll 8
+            for (int g = 0; g < NG; g++) acc[g][e] = fmaf(wb[8 * t + g], x, acc[g][e]);
+        }
+}
+
+void ferry_attn_accumulate_f16_avx512(int64_t dv, const int32_t *pos, int64_t npos, const char *v, size_t nbv,
+                                      const float *const *w, int ng, float *const *acc) {
+    float wb[8 * ATTN_POS_BLOCK] __attribute__((aligned(64)));
+    const size_t row_bytes = (size_t)dv * 2;
+    for (int64_t t0 = 0; t0 < npos; t0 += ATTN_POS_BLOCK) {
+        const int64_t nt = npos - t0 < ATTN_POS_BLOCK ? npos - t0 : ATTN_POS_BLOCK;
+        const int32_t *p = pos + t0;
+        for (int64_t t = 0; t < nt; t++)
+            for (int g = 0; g < ng; g++) wb[8 * t + g] = w[g][p[t]];
+        const int64_t next_end = npos - t0 - nt < ATTN_POS_BLOCK ? npos - t0 - nt : ATTN_POS_BLOCK;
+        for (int64_t t = 0; t < next_end; t++)
+            for (size_t off = 0; off < row_bytes; off += 64) _mm_prefetch(v + (size_t)p[nt + t] * nbv + off, _MM_HINT_T0);
+        switch (ng) {
+        case 1: accumulate_block(dv, p, nt, v, nbv, wb, 1, acc); break;
+        case 2: accumulate_block(dv, p, nt, v, nbv, wb, 2, acc); break;
+        case 3: accumulate_block(dv, p, nt, v, nbv, wb, 3, acc); break;
+        case 4: accumulate_block(dv, p, nt, v, nbv, wb, 4, acc); break;
+        case 5: accumulate_block(dv, p, nt, v, nbv, wb, 5, acc); break;
+        case 6: accumulate_block(dv, p, nt, v, nbv, wb, 6, acc); break;
+        case 7: accumulate_block(dv, p, nt, v, nbv, wb, 7, acc); break;
+        default: accumulate_block(dv, p, nt, v, nbv, wb, 8, acc); break;
+        }
+    }
+}
