@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "ferry/engine.h"
+#include "ops/common.h"
 #include "ops/ops.h"
 #include "threadpool.h"
 
@@ -75,8 +76,10 @@ static bool is_view_op(int op) {
            op == FERRY_OP_PERMUTE || op == FERRY_OP_TRANSPOSE;
 }
 
-static int check_tensor_header(const struct ferry_tensor *t, const char *what, int op,
-                               struct ferry_error *err) {
+/* The checks every tensor of a node gets, whatever the op. */
+static int check_tensor_header(const struct ferry_tensor *node, const struct ferry_tensor *t,
+                               const char *what, struct ferry_error *err) {
+    const int op = (int)node->op;
     if (!ferry_type_valid(t->type))
         return ferry_fail(err, FERRY_ERR_INVALID, "%s: %s has invalid type %d", ferry_op_name(op),
                           what, (int)t->type);
@@ -95,6 +98,9 @@ static int check_tensor_header(const struct ferry_tensor *t, const char *what, i
     size_t n;
     if (!ferry_nbytes_checked(t, &n))
         return ferry_fail(err, FERRY_ERR_INVALID, "%s: %s extent overflows", ferry_op_name(op), what);
+    /* kernels load elements and block fields directly */
+    int rc = check_aligned(node, t, what, err);
+    if (rc) return rc;
     if (ferry_type_is_quantized(t->type) && t->ne[0] % ferry_blck_size(t->type) != 0)
         return ferry_fail(err, FERRY_ERR_INVALID, "%s: %s ne0=%lld is not a multiple of the %s block",
                           ferry_op_name(op), what, (long long)t->ne[0], ferry_type_name(t->type));
@@ -108,7 +114,7 @@ int ferry_engine_check_node(const struct ferry_tensor *node, struct ferry_error 
     if (op >= FERRY_OP_MAP_CUSTOM1 && op <= FERRY_OP_CUSTOM)
         return ferry_fail(err, FERRY_ERR_UNSUPPORTED,
                           "%s carries the client's function pointers; refused", ferry_op_name(op));
-    int rc = check_tensor_header(node, "output", op, err);
+    int rc = check_tensor_header(node, node, "output", err);
     if (rc) return rc;
     if (is_view_op(op)) return FERRY_OK;
     const struct ferry_kernel *k = ferry_kernel_for(op);
@@ -117,7 +123,7 @@ int ferry_engine_check_node(const struct ferry_tensor *node, struct ferry_error 
         if (!node->src[i]) continue;
         char what[16];
         snprintf(what, sizeof what, "src%d", i);
-        rc = check_tensor_header(node->src[i], what, op, err);
+        rc = check_tensor_header(node, node->src[i], what, err);
         if (rc) return rc;
     }
     return k->check(node, err);

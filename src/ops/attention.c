@@ -57,8 +57,7 @@ static int check_mask(const struct ferry_tensor *node, const struct ferry_tensor
                           "or does not divide heads/batch",
                           (long long)mask->ne[0], (long long)mask->ne[1], (long long)mask->ne[2],
                           (long long)mask->ne[3], (long long)k->ne[1], (long long)q->ne[1]);
-    int rc = check_rows_contiguous(node, mask, "mask", err);
-    return rc ? rc : check_aligned(node, mask, "mask", err);
+    return check_rows_contiguous(node, mask, "mask", err);
 }
 
 static int check_sinks(const struct ferry_tensor *node, const struct ferry_tensor *sinks,
@@ -68,8 +67,7 @@ static int check_sinks(const struct ferry_tensor *node, const struct ferry_tenso
     if (sinks->ne[0] < node->src[0]->ne[2])
         return ferry_fail(err, FERRY_ERR_INVALID, "FLASH_ATTN_EXT: %lld sinks for %lld heads",
                           (long long)sinks->ne[0], (long long)node->src[0]->ne[2]);
-    int rc = check_rows_contiguous(node, sinks, "sinks", err);
-    return rc ? rc : check_aligned(node, sinks, "sinks", err);
+    return check_rows_contiguous(node, sinks, "sinks", err);
 }
 
 static int fa_check(const struct ferry_tensor *node, struct ferry_error *err) {
@@ -96,12 +94,9 @@ static int fa_check(const struct ferry_tensor *node, struct ferry_error *err) {
         return ferry_fail(err, FERRY_ERR_INVALID,
                           "FLASH_ATTN_EXT: K/V heads or batches do not divide q's (%lld, %lld)",
                           (long long)q->ne[2], (long long)q->ne[3]);
-    const struct ferry_tensor *parts[] = { q, k, v, node };
-    const char *names[] = { "q", "k", "v", "output" };
-    for (int i = 0; i < 4 && !rc; i++) {
-        if (i < 3) rc = check_rows_contiguous(node, parts[i], names[i], err);
-        if (!rc) rc = check_aligned(node, parts[i], names[i], err);
-    }
+    const struct ferry_tensor *parts[] = { q, k, v };
+    const char *names[] = { "q", "k", "v" };
+    for (int i = 0; i < 3 && !rc; i++) rc = check_rows_contiguous(node, parts[i], names[i], err);
     if (!rc && node->src[3]) rc = check_mask(node, node->src[3], err);
     if (!rc && node->src[4]) rc = check_sinks(node, node->src[4], err);
     if (rc) return rc;

@@ -52,10 +52,6 @@ static int binary_check(const struct ferry_tensor *node, struct ferry_error *err
     int rc = check_src_count(node, 2, err);
     if (rc) return rc;
     const struct ferry_tensor *a = node->src[0], *b = node->src[1];
-    if ((rc = check_tensor_basics(node, a, "src0", err)) ||
-        (rc = check_tensor_basics(node, b, "src1", err)) ||
-        (rc = check_tensor_basics(node, node, "output", err)))
-        return rc;
     if (is_quant_add(node)) {
         if ((rc = check_quant_add(node, err))) return rc;
     } else if (!binary_types_ok(a->type, b->type, node->type)) {
@@ -172,11 +168,6 @@ static int add_id_check(const struct ferry_tensor *node, struct ferry_error *err
     int rc = check_src_count(node, 3, err);
     if (rc) return rc;
     const struct ferry_tensor *a = node->src[0], *b = node->src[1], *ids = node->src[2];
-    if ((rc = check_tensor_basics(node, a, "src0", err)) ||
-        (rc = check_tensor_basics(node, b, "src1", err)) ||
-        (rc = check_tensor_basics(node, ids, "ids", err)) ||
-        (rc = check_tensor_basics(node, node, "output", err)))
-        return rc;
     if (a->type != FERRY_TYPE_F32 || b->type != FERRY_TYPE_F32 || ids->type != FERRY_TYPE_I32 ||
         node->type != FERRY_TYPE_F32)
         return ferry_fail(err, FERRY_ERR_UNSUPPORTED, "ADD_ID: needs f32 src0/src1/output and i32 ids");

@@ -75,7 +75,8 @@ int check_contiguous(const struct ferry_tensor *node, const struct ferry_tensor 
 /* Data pointer and strides (of dims with ne > 1) must be multiples of the
  * type's natural alignment: kernels load elements and block fields directly,
  * and a misaligned float access is undefined behaviour (and can fault once
- * the compiler vectorises the loop). A NULL data pointer is not checked. */
+ * the compiler vectorises the loop). A NULL data pointer is not checked.
+ * The engine applies it to every tensor of every node. */
 int check_aligned(const struct ferry_tensor *node, const struct ferry_tensor *t, const char *what,
                   struct ferry_error *err);
 /* The node's own shape must be what the op produces. */

@@ -13,20 +13,6 @@ bool ferry_cvt_plain_type(enum ferry_type t) {
     return t == FERRY_TYPE_F32 || t == FERRY_TYPE_F16 || t == FERRY_TYPE_BF16 || t == FERRY_TYPE_I32;
 }
 
-int check_tensor_basics(const struct ferry_tensor *node, const struct ferry_tensor *t,
-                        const char *what, struct ferry_error *err) {
-    if (!ferry_nelements_fit(t))
-        return ferry_fail(err, FERRY_ERR_INVALID, "%s: %s has too many elements",
-                          ferry_op_name(node->op), what);
-    /* The byte extent of a quantized tensor counts ne0*nb0/blck bytes per
-     * row, so a block is only inside it when nb0 is the block size (ggml
-     * never makes anything else). */
-    if (ferry_type_is_quantized(t->type) && t->nb[0] != ferry_type_size(t->type))
-        return ferry_fail(err, FERRY_ERR_INVALID, "%s: %s has nb0=%zu, not the %s block size",
-                          ferry_op_name(node->op), what, t->nb[0], ferry_type_name(t->type));
-    return check_aligned(node, t, what, err);
-}
-
 static bool use_avx2(void) { return ferry_simd_level() >= FERRY_SIMD_AVX2; }
 
 /* Element accessors through memcpy (plain loads once compiled), so these

@@ -26,21 +26,6 @@ void ferry_cvt_from_f32(enum ferry_type t, const float *x, void *y, int64_t n);
 void ferry_cvt_strided(enum ferry_type st, const void *x, size_t sx, enum ferry_type dt, void *y,
                        size_t sy, int64_t n);
 
-/* Does the element count of t fit in int64? The engine only bounds the
- * byte extent, and zero strides let a hostile header claim more elements
- * than any loop counter can hold. */
-static inline bool ferry_nelements_fit(const struct ferry_tensor *t) {
-    int64_t n = 1;
-    for (int d = 0; d < FERRY_MAX_DIMS; d++)
-        if (t->ne[d] < 0 || __builtin_mul_overflow(n, t->ne[d], &n)) return false;
-    return true;
-}
-
-/* The checks every tensor of the element-wise ops gets: an element count
- * that fits, nb0 == block size for quantized types, and check_aligned(). */
-int check_tensor_basics(const struct ferry_tensor *node, const struct ferry_tensor *t,
-                        const char *what, struct ferry_error *err);
-
 /* f32 -> int32 as x86 does it: truncation, INT32_MIN when out of range or NaN
  * (the C cast is undefined there). */
 static inline int32_t ferry_f32_to_i32(float x) {

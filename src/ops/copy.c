@@ -37,9 +37,6 @@ static int dup_check(const struct ferry_tensor *node, struct ferry_error *err) {
         if (dst != node && (dst->type != node->type || !ferry_same_shape(dst, node)))
             return ferry_fail(err, FERRY_ERR_INVALID, "CPY: the node must be a view of src1");
     }
-    if ((rc = check_tensor_basics(node, src, "src0", err)) ||
-        (rc = check_tensor_basics(node, node, "output", err)))
-        return rc;
     if (ferry_nelements(src) != ferry_nelements(node))
         return ferry_fail(err, FERRY_ERR_INVALID, "%s: %lld elements copied into %lld",
                           ferry_op_name(node->op), (long long)ferry_nelements(src),

@@ -18,10 +18,6 @@ static int glu_check(const struct ferry_tensor *node, struct ferry_error *err) {
     const int32_t op = node->op_params[0];
     if (op < 0 || op >= FERRY_GLU_COUNT)
         return ferry_fail(err, FERRY_ERR_UNSUPPORTED, "GLU: unknown sub-op %d", (int)op);
-    if ((rc = check_tensor_basics(node, a, "src0", err)) ||
-        (b && (rc = check_tensor_basics(node, b, "src1", err))) ||
-        (rc = check_tensor_basics(node, node, "output", err)))
-        return rc;
     bool type_ok = a->type == FERRY_TYPE_F32 || (a->type == FERRY_TYPE_F16 && op != FERRY_GLU_SWIGLU_OAI);
     if (!type_ok || node->type != a->type || (b && b->type != a->type))
         return ferry_fail(err, FERRY_ERR_UNSUPPORTED, "GLU %s: types %s%s%s -> %s are not supported",

@@ -84,9 +84,6 @@ static int check_operands(const struct ferry_tensor *node, const struct ferry_te
                           (long long)a->ne[0], (long long)b->ne[0]);
     int rc = check_rows_contiguous(node, a, "src0", err);
     if (!rc) rc = check_rows_contiguous(node, b, "src1", err);
-    if (!rc) rc = check_aligned(node, a, "src0", err);
-    if (!rc) rc = check_aligned(node, b, "src1", err);
-    if (!rc) rc = check_aligned(node, node, "output", err);
     return rc;
 }
 
@@ -295,8 +292,6 @@ static int mul_mat_id_check(const struct ferry_tensor *node, struct ferry_error 
     if (rc) return rc;
     if (ids->type != FERRY_TYPE_I32)
         return ferry_fail(err, FERRY_ERR_UNSUPPORTED, "MUL_MAT_ID: ids must be i32");
-    rc = check_aligned(node, ids, "ids", err);
-    if (rc) return rc;
     if (as->ne[3] != 1 || b->ne[3] != 1 || ids->ne[2] != 1 || ids->ne[3] != 1)
         return ferry_fail(err, FERRY_ERR_INVALID, "MUL_MAT_ID: src0, src1 and ids must be at most 3-D/2-D");
     if (ids->ne[1] != b->ne[2])

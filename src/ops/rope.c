@@ -90,7 +90,6 @@ static int check_positions(const struct ferry_tensor *node, const struct ferry_t
     static const enum ferry_type i32[] = { FERRY_TYPE_I32 };
     int rc;
     if ((rc = check_type_in(node, "positions", pos->type, i32, 1, err)) ||
-        (rc = check_tensor_basics(node, pos, "positions", err)) ||
         (rc = check_rows_contiguous(node, pos, "positions", err)))
         return rc;
     /* read densely: one per token, or four blocks of them for M-RoPE */
@@ -107,7 +106,6 @@ static int check_freq_factors(const struct ferry_tensor *node, const struct ferr
     static const enum ferry_type f32[] = { FERRY_TYPE_F32 };
     int rc;
     if ((rc = check_type_in(node, "freq factors", ff->type, f32, 1, err)) ||
-        (rc = check_tensor_basics(node, ff, "freq factors", err)) ||
         (rc = check_rows_contiguous(node, ff, "freq factors", err)))
         return rc;
     /* one per rotated pair; vision rotates all head_dim/2 pairs */
@@ -128,8 +126,6 @@ static int check_rope(const struct ferry_tensor *node, struct ferry_error *err) 
         return ferry_fail(err, FERRY_ERR_INVALID, "ROPE: output type %s differs from src0 type %s",
                           ferry_type_name(node->type), ferry_type_name(x->type));
     if ((rc = check_same_shape(node, x, node, err)) ||
-        (rc = check_tensor_basics(node, x, "src0", err)) ||
-        (rc = check_tensor_basics(node, node, "output", err)) ||
         (rc = check_rows_contiguous(node, x, "src0", err)) ||
         (rc = check_rows_contiguous(node, node, "output", err)))
         return rc;

@@ -15,10 +15,6 @@ static int get_rows_check(const struct ferry_tensor *node, struct ferry_error *e
     int rc = check_src_count(node, 2, err);
     if (rc) return rc;
     const struct ferry_tensor *a = node->src[0], *b = node->src[1];
-    if ((rc = check_tensor_basics(node, a, "table", err)) ||
-        (rc = check_tensor_basics(node, b, "indices", err)) ||
-        (rc = check_tensor_basics(node, node, "output", err)))
-        return rc;
     if (!ferry_type_traits(a->type)->to_float)
         return ferry_fail(err, FERRY_ERR_UNSUPPORTED, "GET_ROWS: cannot read %s rows",
                           ferry_type_name(a->type));
@@ -88,10 +84,6 @@ static int set_rows_check(const struct ferry_tensor *node, struct ferry_error *e
     const struct ferry_tensor *b = node->src[0], *c = node->src[1], *a = node->src[2];
     if (a != node && (a->type != node->type || !ferry_same_shape(a, node)))
         return ferry_fail(err, FERRY_ERR_INVALID, "SET_ROWS: the node must be a view of src2");
-    if ((rc = check_tensor_basics(node, b, "src0", err)) ||
-        (rc = check_tensor_basics(node, c, "indices", err)) ||
-        (rc = check_tensor_basics(node, node, "output", err)))
-        return rc;
     if (b->type != FERRY_TYPE_F32 && b->type != FERRY_TYPE_F16)
         return ferry_fail(err, FERRY_ERR_UNSUPPORTED, "SET_ROWS: source rows must be f32 or f16, not %s",
                           ferry_type_name(b->type));

@@ -11,12 +11,6 @@
 #include "common.h"
 #include "convert.h"
 
-static int check_count_fits(const struct ferry_tensor *node, const struct ferry_tensor *t,
-                            const char *what, struct ferry_error *err) {
-    if (ferry_nelements_fit(t)) return FERRY_OK;
-    return ferry_fail(err, FERRY_ERR_INVALID, "%s: %s has too many elements", ferry_op_name(node->op), what);
-}
-
 static int check_f32_same_shape(const struct ferry_tensor *node, struct ferry_error *err) {
     static const enum ferry_type f32[] = { FERRY_TYPE_F32 };
     int rc = check_src_count(node, 1, err);
@@ -24,9 +18,7 @@ static int check_f32_same_shape(const struct ferry_tensor *node, struct ferry_er
     const struct ferry_tensor *a = node->src[0];
     if ((rc = check_type_in(node, "src0", a->type, f32, 1, err)) ||
         (rc = check_type_in(node, "output", node->type, f32, 1, err)) ||
-        (rc = check_same_shape(node, a, node, err)) ||
-        (rc = check_count_fits(node, a, "src0", err)) ||
-        (rc = check_count_fits(node, node, "output", err)))
+        (rc = check_same_shape(node, a, node, err)))
         return rc;
     return FERRY_OK;
 }
@@ -66,9 +58,6 @@ static int check_concat(const struct ferry_tensor *node, struct ferry_error *err
     if (a->type != node->type || b->type != node->type)
         return ferry_fail(err, FERRY_ERR_INVALID, "CONCAT: types %s, %s -> %s differ",
                           ferry_type_name(a->type), ferry_type_name(b->type), ferry_type_name(node->type));
-    if ((rc = check_count_fits(node, a, "src0", err)) || (rc = check_count_fits(node, b, "src1", err)) ||
-        (rc = check_count_fits(node, node, "output", err)))
-        return rc;
     const int32_t dim = ferry_param_i32(node, 0);
     if (dim < 0 || dim >= FERRY_MAX_DIMS)
         return ferry_fail(err, FERRY_ERR_INVALID, "CONCAT: dim %d is not 0..3", (int)dim);
@@ -123,8 +112,6 @@ static int check_repeat(const struct ferry_tensor *node, struct ferry_error *err
     if (node->type != a->type)
         return ferry_fail(err, FERRY_ERR_INVALID, "REPEAT: output type %s differs from src0 type %s",
                           ferry_type_name(node->type), ferry_type_name(a->type));
-    if ((rc = check_count_fits(node, a, "src0", err)) || (rc = check_count_fits(node, node, "output", err)))
-        return rc;
     if (!ferry_can_repeat(a, node))
         return ferry_fail(err, FERRY_ERR_INVALID,
                           "REPEAT: [%lld,%lld,%lld,%lld] does not tile [%lld,%lld,%lld,%lld]",
@@ -158,8 +145,7 @@ static int check_pad(const struct ferry_tensor *node, struct ferry_error *err) {
     if (rc) return rc;
     const struct ferry_tensor *a = node->src[0];
     if ((rc = check_type_in(node, "src0", a->type, f32, 1, err)) ||
-        (rc = check_type_in(node, "output", node->type, f32, 1, err)) ||
-        (rc = check_count_fits(node, a, "src0", err)) || (rc = check_count_fits(node, node, "output", err)))
+        (rc = check_type_in(node, "output", node->type, f32, 1, err)))
         return rc;
     const int32_t circular = ferry_param_i32(node, 8);
     if (circular != 0 && circular != 1)
@@ -227,8 +213,7 @@ static int check_fill(const struct ferry_tensor *node, struct ferry_error *err) 
     if ((rc = check_src_count(node, 1, err))) return rc;
     const struct ferry_tensor *a = node->src[0];
     if ((rc = check_type_in(node, "src0", a->type, types, 2, err)) ||
-        (rc = check_same_shape(node, a, node, err)) ||
-        (rc = check_count_fits(node, node, "output", err)))
+        (rc = check_same_shape(node, a, node, err)))
         return rc;
     if (node->type != a->type)
         return ferry_fail(err, FERRY_ERR_INVALID, "FILL: output type %s differs from src0 type %s",

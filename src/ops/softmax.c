@@ -15,7 +15,6 @@ static int check_mask(const struct ferry_tensor *node, const struct ferry_tensor
     static const enum ferry_type types[] = { FERRY_TYPE_F32, FERRY_TYPE_F16 };
     int rc;
     if ((rc = check_type_in(node, "mask", m->type, types, 2, err)) ||
-        (rc = check_tensor_basics(node, m, "mask", err)) ||
         (rc = check_rows_contiguous(node, m, "mask", err)))
         return rc;
     if (m->ne[0] != a->ne[0] || m->ne[1] < a->ne[1] || m->ne[2] < 1 || m->ne[3] < 1 ||
@@ -33,7 +32,6 @@ static int check_sinks(const struct ferry_tensor *node, const struct ferry_tenso
     static const enum ferry_type f32[] = { FERRY_TYPE_F32 };
     int rc;
     if ((rc = check_type_in(node, "sinks", s->type, f32, 1, err)) ||
-        (rc = check_tensor_basics(node, s, "sinks", err)) ||
         (rc = check_rows_contiguous(node, s, "sinks", err)))
         return rc;
     /* one logit per head, read densely from the first row (which must exist) */
@@ -51,8 +49,6 @@ static int check_soft_max(const struct ferry_tensor *node, struct ferry_error *e
     if ((rc = check_type_in(node, "src0", a->type, f32, 1, err)) ||
         (rc = check_type_in(node, "output", node->type, f32, 1, err)) ||
         (rc = check_same_shape(node, a, node, err)) ||
-        (rc = check_tensor_basics(node, a, "src0", err)) ||
-        (rc = check_tensor_basics(node, node, "output", err)) ||
         (rc = check_rows_contiguous(node, a, "src0", err)) ||
         (rc = check_rows_contiguous(node, node, "output", err)))
         return rc;
