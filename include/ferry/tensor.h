@@ -182,6 +182,7 @@ struct ferry_tensor {
     struct ferry_tensor *view_src; /* base tensor when this is a view */
     size_t view_offs;
     void *data;
+    void *buffer; /* owner of data (opaque; a remote buffer for client tensors), may be NULL */
     char name[FERRY_MAX_NAME];
 };
 
