@@ -490,8 +490,14 @@ static void test_cache(struct ferry_server *s, const char *dir) {
         fputc(d[0][12345] ^ 0x5a, f);
         fclose(f);
     }
+    /* b's tensor holds d[0] from the hit above; overwrite one byte so the
+     * region is recognisably b's own, then check a corrupt hit leaves it be */
+    uint8_t mark = 0xa5;
+    CHECK(set_tensor(b, &tb, 7, &mark, 1) == FERRY_OK, "mark b's tensor");
     CHECK(set_tensor_hash(b, &tb, hash[0]) == 0, "a corrupted cache file is a miss");
     CHECK(!file_exists(dir, hash[0], NULL), "the corrupted file is removed");
+    CHECK(get_tensor(b, &tb, 0, back, n) == FERRY_OK && back[7] == mark && back[12345] == d[0][12345] &&
+              !memcmp(back + 8, d[0] + 8, n - 8), "a corrupt cache file never reaches tensor memory");
 
     /* LRU bound (30 MiB): store 1 and 2, touch 1, store 3: 2 goes */
     set_tensor(a, &ta, 0, d[1], n);
