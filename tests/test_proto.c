@@ -128,8 +128,16 @@ static void test_request_sizes(void) {
               "cmd %d 2^64-2 with a huge limit", cmd);
     }
     for (int cmd = 18; cmd < 256; cmd++)
-        CHECK(ferry_rpc_check_request_size((uint8_t)cmd, 0, max, &err) == FERRY_ERR_PROTOCOL,
-              "unknown command %d", cmd);
+        if (cmd != FERRY_RPC_CMD_FERRY_STATS)
+            CHECK(ferry_rpc_check_request_size((uint8_t)cmd, 0, max, &err) == FERRY_ERR_PROTOCOL,
+                  "unknown command %d", cmd);
+    /* ferry's extension: FERRY_STATS is empty, exactly */
+    CHECK(ferry_rpc_check_request_size(FERRY_RPC_CMD_FERRY_STATS, 0, max, &err) == FERRY_OK,
+          "FERRY_STATS with an empty request");
+    CHECK(ferry_rpc_check_request_size(FERRY_RPC_CMD_FERRY_STATS, 1, max, &err) == FERRY_ERR_PROTOCOL &&
+              ferry_rpc_check_request_size(FERRY_RPC_CMD_FERRY_STATS, UINT64_MAX, UINT64_MAX, &err) ==
+                  FERRY_ERR_PROTOCOL,
+          "FERRY_STATS with a payload refused");
     CHECK(ferry_rpc_check_request_size(FERRY_RPC_CMD_DEVICE_COUNT, 0, 0, &err) == FERRY_OK,
           "DEVICE_COUNT is empty");
     CHECK(ferry_rpc_check_request_size(FERRY_RPC_CMD_SET_TENSOR, 304, 303, &err) == FERRY_ERR_PROTOCOL,
@@ -460,6 +468,22 @@ static void test_hello(void) {
               memcmp(back.caps.gid, caps.gid, 16) == 0 && back.major == 5,
           "HELLO response round trip");
     CHECK(ferry_rpc_decode_hello_rsp(out, 3, &back, &err) == FERRY_ERR_PROTOCOL, "v1 3-byte HELLO response");
+    CHECK(back.flags == 0, "ferry_rpc_hello_rsp_init leaves the extension flags clear");
+
+    /* ferry's extension flag rides in byte 3 (ggml's padding) and nowhere else */
+    ferry_rpc_hello_rsp_init(&rsp, NULL);
+    rsp.flags = FERRY_RPC_HELLO_FLAG_EXT_STATS;
+    ferry_rpc_encode_hello_rsp(&rsp, out);
+    CHECK(out[0] == FERRY_RPC_ADVERTISED_MAJOR && out[1] == FERRY_RPC_ADVERTISED_MINOR && out[3] == 0x01 &&
+              all_zero(out + 4, 24),
+          "extension flag in byte 3 only");
+    CHECK(ferry_rpc_decode_hello_rsp(out, 28, &back, &err) == FERRY_OK && back.flags == 0x01 &&
+              ferry_rpc_check_server_version(&back, &err) == FERRY_OK,
+          "non-zero padding byte decodes and passes the version check");
+    out[3] = 0xff;
+    CHECK(ferry_rpc_decode_hello_rsp(out, 28, &back, &err) == FERRY_OK && back.flags == 0xff &&
+              ferry_rpc_check_server_version(&back, &err) == FERRY_OK,
+          "any padding value is accepted");
 
     /* the client's version rule: major 5, minor <= 1, patch ignored */
     static const struct { uint8_t ma, mi, pa; bool ok; } v[] = {
@@ -618,6 +642,27 @@ static void test_command_codecs(void) {
 }
 
 /* ---- FNV-1a ----------------------------------------------------------------------- */
+
+static void test_ferry_stats(void) {
+    struct ferry_error err;
+    struct ferry_rpc_ferry_stats st = { 1, 2, 3, 4, 5, 0x0102030405060708ull }, back;
+    uint8_t out[FERRY_RPC_FERRY_STATS_RSP_SIZE];
+    CHECK(ferry_rpc_encode_ferry_stats(&st, out) == 48, "FERRY_STATS answer is 48 bytes");
+    CHECK(le_get(out, 8) == 1 && le_get(out + 16, 8) == 3 && out[40] == 0x08 && out[47] == 0x01,
+          "FERRY_STATS little-endian layout");
+    CHECK(ferry_rpc_decode_ferry_stats(out, 48, &back, &err) == FERRY_OK && back.cpu_user_ns == 1 &&
+              back.cpu_sys_ns == 2 && back.commands == 3 && back.bytes_in == 4 && back.bytes_out == 5 &&
+              back.compute_ns == st.compute_ns,
+          "FERRY_STATS round trip");
+    CHECK(ferry_rpc_decode_ferry_stats(out, 47, &back, &err) == FERRY_ERR_PROTOCOL, "short FERRY_STATS refused");
+    uint64_t n = 0;
+    CHECK(ferry_rpc_response_kind(FERRY_RPC_CMD_FERRY_STATS, &n) == FERRY_RPC_RSP_FIXED && n == 48,
+          "FERRY_STATS response kind");
+    CHECK(strcmp(ferry_rpc_cmd_name(FERRY_RPC_CMD_FERRY_STATS), "FERRY_STATS") == 0, "name");
+    struct ferry_rpc_request r;
+    CHECK(ferry_rpc_decode_request(FERRY_RPC_CMD_FERRY_STATS, out, 0, &r, &err) == FERRY_OK,
+          "FERRY_STATS request decodes");
+}
 
 static void test_fnv(void) {
     CHECK(ferry_fnv1a64("", 0) == 0xcbf29ce484222325ull, "FNV-1a of empty");
@@ -1204,6 +1249,7 @@ int main(int argc, char **argv) {
     test_alignment();
     test_hello();
     test_command_codecs();
+    test_ferry_stats();
     test_fnv();
     test_graph_base();
     test_graph_hostile();

@@ -78,8 +78,9 @@ static struct ferry_conn *connect_hello(void) {
         ferry_conn_close(c);
         return NULL;
     }
-    uint8_t want[28] = { 5, 0, 0, 0 };
-    CHECK(memcmp(rsp, want, 28) == 0, "HELLO response is 5.0.0 with zero caps");
+    /* byte 3 (ggml's padding) carries ferry's extension flags */
+    uint8_t want[28] = { 5, 0, 0, FERRY_RPC_HELLO_FLAG_EXT_STATS };
+    CHECK(memcmp(rsp, want, 28) == 0, "HELLO response is 5.0.0, extension flag, zero caps");
     return c;
 }
 

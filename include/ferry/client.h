@@ -91,6 +91,19 @@ bool ferry_client_is_broken(struct ferry_client *c);
 const char *ferry_client_endpoint(const struct ferry_client *c);
 void ferry_client_get_stats(struct ferry_client *c, struct ferry_client_stats *out);
 
+/* ---- ferry's extension (docs/protocol-extensions.md) ----------------------- */
+
+/* True when the server's HELLO said it is ferry's and answers FERRY_STATS. */
+bool ferry_client_server_is_ferry(struct ferry_client *c);
+/* A ferry server's counters since it started (the whole process). */
+struct ferry_client_server_stats {
+    uint64_t cpu_user_ns, cpu_sys_ns;
+    uint64_t commands, bytes_in, bytes_out, compute_ns;
+};
+/* FERRY_ERR_UNSUPPORTED, with nothing sent, when the server is not ferry's. */
+int ferry_client_server_stats(struct ferry_client *c, struct ferry_client_server_stats *out,
+                              struct ferry_error *err);
+
 /* ---- devices ----------------------------------------------------------------- */
 
 int ferry_client_device_count(struct ferry_client *c, uint32_t *count, struct ferry_error *err);

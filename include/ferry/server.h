@@ -26,6 +26,8 @@ struct ferry_server_config {
     int idle_timeout_ms;       /* between requests after HELLO; 0 = none */
     int frame_timeout_ms;      /* from a frame's first byte to its last */
     uint64_t max_payload;      /* largest SET_TENSOR / GRAPH_COMPUTE payload accepted */
+    bool no_ferry_ext;         /* behave exactly like a ggml server: no HELLO extension flag,
+                                  FERRY_STATS refused (tests); default false */
 };
 
 /* Fills every field with its default. */

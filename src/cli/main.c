@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "bench/bench.h"
 #include "ferry/engine.h"
 #include "ferry/log.h"
 #include "ferry/server.h"
@@ -31,6 +32,8 @@ static void usage(FILE *out) {
             "\n"
             "commands:\n"
             "  serve      run the RPC server (ggml RPC protocol 5.x; llama.cpp --rpc HOST:PORT)\n"
+            "  bench rpc  measure any ggml RPC server against the bare TCP link (ferry bench rpc --help)\n"
+            "  bench net  the bare TCP link alone: --listen peer / --connect measure (ferry bench net --help)\n"
             "  version    print the version\n"
             "\n"
             "ferry serve options (compatible with llama.cpp's rpc-server):\n"
@@ -47,6 +50,12 @@ static void usage(FILE *out) {
             "      --log-level L      error | warn | info | debug (default info)\n"
             "  -v, --verbose          same as --log-level debug\n"
             "  -h, --help             this help\n"
+            "\n"
+            "ferry bench rpc --rpc HOST:PORT [--net HOST:PORT] [--json] [--quick] [--iterations N] [--max-size SIZE]\n"
+            "  round-trip latency, SET/GET_TENSOR bandwidth (4 KiB .. 1 GiB) and CPU per operation, each\n"
+            "  also as a ratio to the bare TCP link. --net names a `ferry bench net --listen` peer on the\n"
+            "  server's host; without it, for a loopback server, the peer runs in a thread of the bench.\n"
+            "ferry bench net --listen [-H HOST] [-p PORT]  |  ferry bench net --connect HOST:PORT [--json]\n"
             "\n"
             "Never expose the server to an open network: the protocol has no authentication.\n");
 }
@@ -226,6 +235,14 @@ int main(int argc, char **argv) {
     }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 2, argv + 2);
+    if (!strcmp(cmd, "bench")) {
+        signal(SIGPIPE, SIG_IGN);
+        const char *what = argc > 2 ? argv[2] : "";
+        if (!strcmp(what, "rpc")) return ferry_bench_rpc_main(argc - 3, argv + 3, stdout);
+        if (!strcmp(what, "net")) return ferry_bench_net_main(argc - 3, argv + 3, stdout);
+        fprintf(stderr, "ferry bench: expected 'rpc' or 'net'\n");
+        return 2;
+    }
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("ferry %s (ggml RPC protocol %d.%d.%d)\n", FERRY_VERSION_STRING, FERRY_RPC_VERSION_MAJOR,
                FERRY_RPC_VERSION_MINOR, FERRY_RPC_VERSION_PATCH);

@@ -59,7 +59,7 @@ int client_call(struct ferry_client *c, uint8_t cmd, const struct iovec *payload
     struct iovec hdr[2] = { { &cmd_byte, 1 }, { len_bytes, 8 } };
     rc = ferry_conn_send(c->conn, hdr, 2, payload, n_payload, err);
     if (rc) return mark_broken(c, rc, err);
-    c->stats.requests[cmd]++;
+    if (cmd < FERRY_CLIENT_CMD_SLOTS) c->stats.requests[cmd]++; /* not FERRY_STATS */
     c->stats.bytes_out += FERRY_RPC_FRAME_HEADER_SIZE + len;
     if (ferry_rpc_response_kind(cmd, NULL) == FERRY_RPC_RSP_NONE) return FERRY_OK;
 
@@ -83,6 +83,7 @@ static int call1(struct ferry_client *c, uint8_t cmd, const void *req, size_t n,
 
 static int open_conn(struct ferry_client *c, struct ferry_error *err) {
     struct ferry_conn *conn = NULL;
+    c->hello_flags = 0;
     int rc = ferry_tcp_connect(c->host, c->port, c->opts.connect_timeout_ms, &conn, err);
     if (rc) {
         snprintf(c->broken_reason, sizeof c->broken_reason, "%s", err->msg);
@@ -100,6 +101,7 @@ static int open_conn(struct ferry_client *c, struct ferry_error *err) {
     if ((rc = ferry_rpc_decode_hello_rsp(rsp, sizeof rsp, &hello, err)) ||
         (rc = ferry_rpc_check_server_version(&hello, err)))
         return mark_broken(c, rc, err);
+    c->hello_flags = hello.flags;
     ferry_log_debug("client %s: connected, server protocol %u.%u.%u", c->endpoint, hello.major,
                     hello.minor, hello.patch);
     return FERRY_OK;
@@ -190,6 +192,33 @@ void ferry_client_get_stats(struct ferry_client *c, struct ferry_client_stats *o
     pthread_mutex_lock(&c->lock);
     *out = c->stats;
     pthread_mutex_unlock(&c->lock);
+}
+
+/* ---- ferry's extension -------------------------------------------------------- */
+
+bool ferry_client_server_is_ferry(struct ferry_client *c) {
+    pthread_mutex_lock(&c->lock);
+    bool yes = (c->hello_flags & FERRY_RPC_HELLO_FLAG_EXT_STATS) != 0;
+    pthread_mutex_unlock(&c->lock);
+    return yes;
+}
+
+int ferry_client_server_stats(struct ferry_client *c, struct ferry_client_server_stats *out,
+                              struct ferry_error *err) {
+    ERR_OR_LOCAL(err);
+    pthread_mutex_lock(&c->lock);
+    int rc;
+    uint8_t rsp[FERRY_RPC_FERRY_STATS_RSP_SIZE];
+    struct ferry_rpc_ferry_stats st;
+    /* a ggml server would drop the connection on an unknown command */
+    if (!(c->hello_flags & FERRY_RPC_HELLO_FLAG_EXT_STATS))
+        rc = ferry_fail(err, FERRY_ERR_UNSUPPORTED, "%s: not a ferry server (no FERRY_STATS)", c->endpoint);
+    else if ((rc = client_call(c, FERRY_RPC_CMD_FERRY_STATS, NULL, 0, rsp, sizeof rsp, err)) == FERRY_OK &&
+             (rc = ferry_rpc_decode_ferry_stats(rsp, sizeof rsp, &st, err)) == FERRY_OK)
+        *out = (struct ferry_client_server_stats){ st.cpu_user_ns, st.cpu_sys_ns, st.commands,
+                                                   st.bytes_in,    st.bytes_out,  st.compute_ns };
+    pthread_mutex_unlock(&c->lock);
+    return rc;
 }
 
 /* ---- devices ------------------------------------------------------------------ */

@@ -44,6 +44,7 @@ struct ferry_client {
     size_t n_memos, cap_memos;
     struct last_graph graphs[FERRY_CLIENT_MAX_DEVICES];
     struct ferry_client_stats stats;
+    uint8_t hello_flags; /* byte 3 of the server's HELLO: ferry's extensions */
 };
 
 /* One request, and its response when the command has one: rsp_len is the

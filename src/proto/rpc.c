@@ -32,6 +32,7 @@ static const char *const cmd_names[FERRY_RPC_CMD_COUNT] = {
 };
 
 const char *ferry_rpc_cmd_name(int cmd) {
+    if (cmd == FERRY_RPC_CMD_FERRY_STATS) return "FERRY_STATS";
     return cmd >= 0 && cmd < FERRY_RPC_CMD_COUNT ? cmd_names[cmd] : "?";
 }
 
@@ -79,6 +80,12 @@ static const struct request_size request_sizes[FERRY_RPC_CMD_COUNT] = {
 
 int ferry_rpc_check_request_size(uint8_t cmd, uint64_t size, uint64_t max_payload,
                                  struct ferry_error *err) {
+    if (cmd == FERRY_RPC_CMD_FERRY_STATS) {
+        if (size != 0)
+            return ferry_fail(err, FERRY_ERR_PROTOCOL, "FERRY_STATS: request size %llu, expected 0",
+                              (unsigned long long)size);
+        return FERRY_OK;
+    }
     if (cmd >= FERRY_RPC_CMD_COUNT)
         return ferry_fail(err, FERRY_ERR_PROTOCOL, "unknown command %u", (unsigned)cmd);
     const struct request_size *r = &request_sizes[cmd];
@@ -121,6 +128,7 @@ enum ferry_rpc_rsp_kind ferry_rpc_response_kind(uint8_t cmd, uint64_t *size) {
     case FERRY_RPC_CMD_GET_DEVICE_MEMORY: n = 16; break;
     case FERRY_RPC_CMD_HELLO: n = FERRY_RPC_HELLO_RSP_SIZE; break;
     case FERRY_RPC_CMD_DEVICE_COUNT: n = 4; break;
+    case FERRY_RPC_CMD_FERRY_STATS: n = FERRY_RPC_FERRY_STATS_RSP_SIZE; break;
     default: return FERRY_RPC_RSP_NONE;
     }
     if (size) *size = n;
@@ -513,7 +521,7 @@ size_t ferry_rpc_encode_hello_rsp(const struct ferry_rpc_hello_rsp *r, uint8_t o
     out[0] = r->major;
     out[1] = r->minor;
     out[2] = r->patch;
-    out[3] = 0; /* padding */
+    out[3] = r->flags; /* ggml's padding: ferry's extension flags */
     encode_caps(&r->caps, out + 4);
     return FERRY_RPC_HELLO_RSP_SIZE;
 }
@@ -525,6 +533,7 @@ int ferry_rpc_decode_hello_rsp(const uint8_t *p, size_t len, struct ferry_rpc_he
     r->major = p[0];
     r->minor = p[1];
     r->patch = p[2];
+    r->flags = p[3]; /* any value is fine: ggml sends 0 */
     decode_caps(p + 4, &r->caps);
     return FERRY_OK;
 }
@@ -534,6 +543,24 @@ int ferry_rpc_check_server_version(const struct ferry_rpc_hello_rsp *r, struct f
     if (r->major != FERRY_RPC_VERSION_MAJOR || r->minor > FERRY_RPC_VERSION_MINOR)
         return ferry_fail(err, FERRY_ERR_PROTOCOL, "RPC server version mismatch: %u.%u.%u",
                           r->major, r->minor, r->patch);
+    return FERRY_OK;
+}
+
+size_t ferry_rpc_encode_ferry_stats(const struct ferry_rpc_ferry_stats *r,
+                                    uint8_t out[FERRY_RPC_FERRY_STATS_RSP_SIZE]) {
+    const uint64_t v[6] = { r->cpu_user_ns, r->cpu_sys_ns, r->commands,
+                            r->bytes_in,    r->bytes_out,  r->compute_ns };
+    for (int i = 0; i < 6; i++) ferry_rpc_put_u64(out + 8 * i, v[i]);
+    return FERRY_RPC_FERRY_STATS_RSP_SIZE;
+}
+
+int ferry_rpc_decode_ferry_stats(const uint8_t *p, size_t len, struct ferry_rpc_ferry_stats *r,
+                                 struct ferry_error *err) {
+    int rc = check_rsp_len("FERRY_STATS", len, FERRY_RPC_FERRY_STATS_RSP_SIZE, err);
+    if (rc) return rc;
+    uint64_t *v[6] = { &r->cpu_user_ns, &r->cpu_sys_ns, &r->commands,
+                       &r->bytes_in,    &r->bytes_out,  &r->compute_ns };
+    for (int i = 0; i < 6; i++) *v[i] = ferry_rpc_get_u64(p + 8 * i);
     return FERRY_OK;
 }
 

@@ -55,6 +55,15 @@ enum ferry_rpc_cmd {
     FERRY_RPC_CMD_COUNT = 18,
 };
 
+/* ferry-only extension (docs/protocol-extensions.md), invisible to ggml
+ * peers: the ferry server sets bit 0 of HELLO response byte 3 (ggml's
+ * padding, which its clients ignore), and only then may a client send
+ * FERRY_STATS (empty request, 48-byte answer). Other unknown ids stay
+ * refused. */
+#define FERRY_RPC_CMD_FERRY_STATS 64
+#define FERRY_RPC_HELLO_FLAG_EXT_STATS 0x01
+#define FERRY_RPC_FERRY_STATS_RSP_SIZE 48
+
 #define FERRY_RPC_TENSOR_SIZE 296   /* one serialized rpc_tensor */
 #define FERRY_RPC_CONN_CAPS_SIZE 24 /* HELLO request: RDMA caps */
 #define FERRY_RPC_HELLO_RSP_SIZE 28 /* version (4) + caps */
@@ -195,6 +204,7 @@ struct ferry_rpc_conn_caps {
 
 struct ferry_rpc_hello_rsp {
     uint8_t major, minor, patch;
+    uint8_t flags; /* byte 3: zero from ggml; FERRY_RPC_HELLO_FLAG_* from ferry */
     struct ferry_rpc_conn_caps caps;
 };
 
@@ -315,6 +325,16 @@ int ferry_rpc_decode_hello_rsp(const uint8_t *p, size_t len, struct ferry_rpc_he
 int ferry_rpc_check_server_version(const struct ferry_rpc_hello_rsp *r, struct ferry_error *err);
 /* Server: our advertised version and the given caps (zeros for no RDMA). */
 void ferry_rpc_hello_rsp_init(struct ferry_rpc_hello_rsp *r, const struct ferry_rpc_conn_caps *caps);
+
+/* FERRY_STATS answer: the server's counters since it started. */
+struct ferry_rpc_ferry_stats {
+    uint64_t cpu_user_ns, cpu_sys_ns; /* the server process (getrusage) */
+    uint64_t commands, bytes_in, bytes_out, compute_ns;
+};
+size_t ferry_rpc_encode_ferry_stats(const struct ferry_rpc_ferry_stats *r,
+                                    uint8_t out[FERRY_RPC_FERRY_STATS_RSP_SIZE]);
+int ferry_rpc_decode_ferry_stats(const uint8_t *p, size_t len, struct ferry_rpc_ferry_stats *r,
+                                 struct ferry_error *err);
 
 size_t ferry_rpc_encode_alloc_buffer_rsp(const struct ferry_rpc_alloc_buffer_rsp *r, uint8_t out[16]);
 int ferry_rpc_decode_alloc_buffer_rsp(const uint8_t *p, size_t len,

@@ -252,6 +252,18 @@ static int do_device_memory(struct conn_state *st, uint32_t device, struct ferry
     return respond(st, out, sizeof out, err);
 }
 
+/* ferry's extension (docs/protocol-extensions.md): the server's counters. */
+static int do_ferry_stats(struct conn_state *st, struct ferry_error *err) {
+    account(st); /* bring this connection's bytes into the totals */
+    struct ferry_server_stats s;
+    ferry_server_get_stats(st->s, &s);
+    struct ferry_rpc_ferry_stats r = { s.cpu_user_ns, s.cpu_sys_ns, s.commands,
+                                       s.bytes_in,    s.bytes_out,  s.compute_ns };
+    uint8_t out[FERRY_RPC_FERRY_STATS_RSP_SIZE];
+    ferry_rpc_encode_ferry_stats(&r, out);
+    return respond(st, out, sizeof out, err);
+}
+
 /* Fixed-size commands: the payload is already in `p`. */
 static int dispatch_fixed(struct conn_state *st, uint8_t cmd, const uint8_t *p, size_t len,
                           struct ferry_error *err) {
@@ -303,6 +315,7 @@ static int dispatch_fixed(struct conn_state *st, uint8_t cmd, const uint8_t *p, 
     }
     case FERRY_RPC_CMD_GRAPH_RECOMPUTE: return do_graph_recompute(st, req.u.device, err);
     case FERRY_RPC_CMD_MEMSET_TENSOR: return do_memset_tensor(st, &req.u.memset_tensor, err);
+    case FERRY_RPC_CMD_FERRY_STATS: return do_ferry_stats(st, err);
     default: return ferry_fail(err, FERRY_ERR_PROTOCOL, "unknown command %u", cmd);
     }
 }
@@ -319,6 +332,8 @@ static int serve_one(struct conn_state *st, struct ferry_error *err) {
     uint8_t cmd;
     uint64_t size;
     ferry_rpc_decode_frame_header(hdr, &cmd, &size);
+    if (cmd == FERRY_RPC_CMD_FERRY_STATS && st->s->cfg.no_ferry_ext) /* as ggml would */
+        return ferry_fail(err, FERRY_ERR_PROTOCOL, "unknown command %u", cmd);
     rc = ferry_rpc_check_request_size(cmd, size, st->s->cfg.max_payload, err);
     if (rc) return rc;
     st->commands++;
@@ -373,6 +388,7 @@ static int hello(struct conn_state *st, struct ferry_error *err) {
     rc = ferry_rpc_decode_request(FERRY_RPC_CMD_HELLO, local, sizeof local, &req, err);
     if (rc) return rc;
     ferry_rpc_hello_rsp_init(&rsp, &req.u.hello);
+    if (!cfg->no_ferry_ext) rsp.flags = FERRY_RPC_HELLO_FLAG_EXT_STATS; /* ggml clients ignore byte 3 */
     uint8_t out[FERRY_RPC_HELLO_RSP_SIZE];
     ferry_rpc_encode_hello_rsp(&rsp, out);
     rc = respond(st, out, sizeof out, err);
