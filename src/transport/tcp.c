@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 
 struct tcp_conn {
     struct ferry_conn base; /* first, so a ferry_conn * is a tcp_conn * */
+    bool drained; /* the last receive emptied the socket */
 };
 
 struct ferry_listener {
@@ -72,11 +74,22 @@ static int tcp_send(struct ferry_conn *c, const struct iovec *in, int n, int hdr
 
 static int tcp_recv_some(struct ferry_conn *c, void *buf, size_t len, size_t *got,
                          int64_t deadline, struct ferry_error *err) {
+    struct tcp_conn *t = (struct tcp_conn *)c;
+    /* After a receive that emptied the socket the next bytes are usually a
+     * round trip away (request/response), so wait first instead of paying
+     * for a recv that can only say EAGAIN. */
+    if (t->drained) {
+        t->drained = false;
+        c->stats.waits++;
+        int rc = ferry_net_wait(c->fd, POLLIN, deadline, &c->stats.syscalls, err);
+        if (rc != FERRY_OK) return rc;
+    }
     for (;;) {
         c->stats.syscalls++;
         ssize_t r = recv(c->fd, buf, len, 0);
         if (r > 0) {
             *got = (size_t)r;
+            t->drained = (size_t)r < len;
             return FERRY_OK;
         }
         if (r == 0) return ferry_fail(err, FERRY_ERR_CLOSED, "%s: peer closed", c->name);

@@ -47,9 +47,22 @@ int ferry_conn_send(struct ferry_conn *c, const struct iovec *hdr, int hdr_n,
 
 /* ---- receive -------------------------------------------------------------- */
 
+/* Hands out up to len bytes already read ahead; returns how many. These
+ * few bytes are the only ones the transport copies (stats.copies). */
+static size_t take_ahead(struct ferry_conn *c, uint8_t *buf, size_t len) {
+    size_t n = c->ahead_len - c->ahead_pos;
+    if (n > len) n = len;
+    if (n) {
+        memcpy(buf, c->ahead + c->ahead_pos, n);
+        c->ahead_pos += n;
+        c->stats.copies += n;
+    }
+    return n;
+}
+
 /* Fills buf[0..len) from the stream, all before the frame deadline. */
 static int recv_exact(struct ferry_conn *c, uint8_t *buf, size_t len, struct ferry_error *err) {
-    size_t done = 0;
+    size_t done = take_ahead(c, buf, len);
     while (done < len) {
         size_t got = 0;
         int rc = c->ops->recv_some(c, buf + done, len - done, &got, c->frame_deadline, err);
@@ -57,6 +70,18 @@ static int recv_exact(struct ferry_conn *c, uint8_t *buf, size_t len, struct fer
         done += got;
         c->stats.bytes_in += got;
     }
+    return FERRY_OK;
+}
+
+/* Refills the read-ahead buffer (which must be empty) with what is there,
+ * waiting until the deadline for at least one byte. */
+static int read_ahead(struct ferry_conn *c, int64_t deadline, struct ferry_error *err) {
+    size_t got = 0;
+    int rc = c->ops->recv_some(c, c->ahead, sizeof c->ahead, &got, deadline, err);
+    if (rc != FERRY_OK) return rc;
+    c->ahead_pos = 0;
+    c->ahead_len = got;
+    c->stats.bytes_in += got;
     return FERRY_OK;
 }
 
@@ -70,15 +95,20 @@ int ferry_conn_recv_header(struct ferry_conn *c, void *buf, size_t len, struct f
     /* Between frames only the idle timeout applies; the frame clock starts
      * with the first byte, so a slow computation on the other side is not
      * mistaken for a stalled frame. */
-    int64_t idle = ferry_transport_deadline_after(c->timeouts.idle_ms);
-    size_t got = 0;
-    int rc = c->ops->recv_some(c, buf, len, &got, idle, err);
-    if (rc == FERRY_ERR_TIMEOUT)
-        return ferry_fail(err, rc, "%s: idle for %d ms", c->name, c->timeouts.idle_ms);
-    if (rc != FERRY_OK) return rc;
-    c->stats.bytes_in += got;
+    if (c->ahead_pos == c->ahead_len) {
+        int rc = read_ahead(c, ferry_transport_deadline_after(c->timeouts.idle_ms), err);
+        if (rc == FERRY_ERR_TIMEOUT)
+            return ferry_fail(err, rc, "%s: idle for %d ms", c->name, c->timeouts.idle_ms);
+        if (rc != FERRY_OK) return rc;
+    }
     start_frame(c);
-    rc = recv_exact(c, (uint8_t *)buf + got, len - got, err);
+    uint8_t *out = buf;
+    size_t done = take_ahead(c, out, len);
+    int rc = FERRY_OK;
+    while (done < len && rc == FERRY_OK) {
+        rc = read_ahead(c, c->frame_deadline, err);
+        if (rc == FERRY_OK) done += take_ahead(c, out + done, len - done);
+    }
     if (rc == FERRY_ERR_CLOSED)
         return ferry_fail(err, rc, "%s: peer closed in the middle of a header", c->name);
     if (rc == FERRY_ERR_TIMEOUT)

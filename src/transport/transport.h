@@ -49,6 +49,10 @@
 #define FERRY_CONN_MAX_IOV 64
 /* Longest name, e.g. "tcp 255.255.255.255:65535", and address string. */
 #define FERRY_CONN_NAME_MAX 64
+/* A header read takes whatever else has already arrived, up to this much,
+ * so a small request (header and payload) costs one receive call. Payload
+ * bytes beyond it are received straight into the caller's memory. */
+#define FERRY_CONN_READAHEAD 512
 #define FERRY_CONN_ADDR_MAX 32
 
 /* Defaults: wait for the next request as long as the peer likes, but a
@@ -119,6 +123,8 @@ struct ferry_conn {
     bool in_frame;          /* a header has started arriving */
     int64_t frame_deadline; /* of that frame; -1 for none */
     struct ferry_conn_stats stats;
+    uint8_t ahead[FERRY_CONN_READAHEAD]; /* bytes received, not yet handed out */
+    size_t ahead_pos, ahead_len;
 };
 
 /* ---- the interface the upper layers use ----------------------------------- */
