@@ -5,7 +5,6 @@
  * servers, and the failure paths: a refused connect, a server stopped
  * under a running GET_TENSOR, fail-fast calls afterwards, and reconnecting
  * to a restarted server whose cache restores a >10 MiB weight. */
-#include <dirent.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -514,21 +513,6 @@ out:
     model_free(&m);
 }
 
-static void remove_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *de;
-        char path[1024];
-        while ((de = readdir(d)))
-            if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-                snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-                unlink(path);
-            }
-        closedir(d);
-    }
-    rmdir(dir);
-}
-
 int main(int argc, char **argv) {
     (void)argc;
     (void)argv;
@@ -548,6 +532,6 @@ int main(int argc, char **argv) {
     }
     test_failures(dir);
     test_bad_peers();
-    remove_dir(dir);
+    test_remove_dir(dir);
     return test_summary();
 }

@@ -7,7 +7,6 @@
  * connection, corruption, LRU bound), isolation between clients, protocol
  * violations closing only their connection, and the connection limit.
  * Every wait is bounded by client-side timeouts, so nothing here can hang. */
-#include <dirent.h>
 #include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
@@ -668,21 +667,6 @@ static void test_timeouts_no_cache(void) {
     g_port = saved_port;
 }
 
-static void remove_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *de;
-        char path[1024];
-        while ((de = readdir(d)))
-            if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-                snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-                unlink(path);
-            }
-        closedir(d);
-    }
-    rmdir(dir);
-}
-
 int main(int argc, char **argv) {
     (void)argc;
     (void)argv;
@@ -734,7 +718,7 @@ int main(int argc, char **argv) {
     ferry_conn_close(left);
     ferry_server_destroy(s);
 
-    remove_dir(cache_dir);
+    test_remove_dir(cache_dir);
     snprintf(cache_dir, sizeof cache_dir, "%s/sub", dir);
     rmdir(cache_dir);
     rmdir(dir);

@@ -1,9 +1,11 @@
 #include "testutil.h"
 
+#include <dirent.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ferry/types.h"
 
@@ -126,4 +128,19 @@ double test_nmse(const float *a, const float *b, int64_t n) {
     }
     if (den == 0) return num == 0 ? 0 : INFINITY;
     return num / den;
+}
+
+void test_remove_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *de;
+        char path[1024];
+        while ((de = readdir(d)))
+            if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+                snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+                unlink(path);
+            }
+        closedir(d);
+    }
+    rmdir(dir);
 }

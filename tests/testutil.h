@@ -30,6 +30,9 @@ float *test_tensor_to_f32(const struct ferry_tensor *t);
 /* Fills a float-like or quantized tensor with uniform values in [lo, hi). */
 void test_tensor_fill_uniform(struct ferry_tensor *t, uint64_t *state, float lo, float hi);
 
+/* Removes a flat directory (a test's mkdtemp scratch) and the files in it. */
+void test_remove_dir(const char *dir);
+
 /* NMSE of b against reference a, as ggml's test-backend-ops computes it;
  * infinities must match in place and are left out of the sums. Returns
  * INFINITY on a mismatch that NMSE cannot express (NaN, infinities). */
