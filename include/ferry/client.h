@@ -49,7 +49,20 @@ struct ferry_client_options {
                                 300000; 0 = forever */
     int frame_timeout_ms;    /* each send, and a response after its first
                                 byte; default 60000; 0 = no limit */
+    int transport;           /* FERRY_TRANSPORT_AUTO (default): RDMA when both
+                                sides can, else TCP; _TCP; _RDMA: required,
+                                connect fails with the reason otherwise */
+    const char *rdma_dev;    /* RDMA device name; NULL: $FERRY_RDMA_DEV, or
+                                the one whose GID is our TCP source address */
+    const char *rdma_ip;     /* use the GID of this IPv4 address; NULL:
+                                $FERRY_RDMA_IP or the TCP source address */
 };
+
+#ifndef FERRY_TRANSPORT_AUTO
+#define FERRY_TRANSPORT_AUTO 0
+#define FERRY_TRANSPORT_TCP 1
+#define FERRY_TRANSPORT_RDMA 2
+#endif
 void ferry_client_options_defaults(struct ferry_client_options *o);
 
 struct ferry_client;
@@ -88,6 +101,9 @@ void ferry_client_close(struct ferry_client *c);
  * handle 0 and the call returns FERRY_ERR_NOMEM with the connection up. */
 int ferry_client_reconnect(struct ferry_client *c, struct ferry_error *err);
 bool ferry_client_is_broken(struct ferry_client *c);
+/* The data path in use, "tcp" or "rdma" ("none" when broken); with line
+ * given, a description (RDMA: device, port, GID, MTU). */
+const char *ferry_client_transport(struct ferry_client *c, char *line, size_t cap);
 const char *ferry_client_endpoint(const struct ferry_client *c);
 void ferry_client_get_stats(struct ferry_client *c, struct ferry_client_stats *out);
 

@@ -28,7 +28,20 @@ struct ferry_server_config {
     uint64_t max_payload;      /* largest SET_TENSOR / GRAPH_COMPUTE payload accepted */
     bool no_ferry_ext;         /* behave exactly like a ggml server: no HELLO extension flag,
                                   FERRY_STATS refused (tests); default false */
+    int transport;             /* FERRY_TRANSPORT_AUTO (default): RDMA for clients that offer it
+                                  when a device is there; _TCP: never; _RDMA: required, clients
+                                  without it are refused and create fails without a device */
+    const char *rdma_dev;      /* RDMA device name; NULL: $FERRY_RDMA_DEV or the one whose GID
+                                  is the address the client connected to */
+    const char *rdma_ip;       /* use the GID of this IPv4 address; NULL: $FERRY_RDMA_IP or the
+                                  connection's local address */
 };
+
+#ifndef FERRY_TRANSPORT_AUTO
+#define FERRY_TRANSPORT_AUTO 0
+#define FERRY_TRANSPORT_TCP 1
+#define FERRY_TRANSPORT_RDMA 2
+#endif
 
 /* Fills every field with its default. */
 void ferry_server_config_defaults(struct ferry_server_config *cfg);

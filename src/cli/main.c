@@ -10,12 +10,14 @@
 #include <strings.h>
 
 #include "bench/bench.h"
+#include "cli/cli.h"
 #include "ferry/engine.h"
 #include "ferry/log.h"
 #include "ferry/server.h"
 #include "ferry/version.h"
 #include "proto/rpc.h"
 #include "server/cache.h"
+#include "transport/transport.h"
 
 #define MIB ((uint64_t)1024 * 1024)
 
@@ -32,6 +34,9 @@ static void usage(FILE *out) {
             "\n"
             "commands:\n"
             "  serve      run the RPC server (ggml RPC protocol 5.x; llama.cpp --rpc HOST:PORT)\n"
+            "  run        generate text with a GGUF model, layers split over servers (ferry run --help)\n"
+            "  gen-model  write a llama-family GGUF model with random weights (ferry gen-model --help)\n"
+            "  bench model  prompt and generation speed of a model, local or split (--help)\n"
             "  bench rpc  measure any ggml RPC server against the bare TCP link (ferry bench rpc --help)\n"
             "  bench net  the bare TCP link alone: --listen peer / --connect measure (ferry bench net --help)\n"
             "  version    print the version\n"
@@ -47,6 +52,11 @@ static void usage(FILE *out) {
             "  -m, --mem MiB          memory all clients together may allocate (default: physical RAM)\n"
             "      --max-conns N      connections served at once (default 16)\n"
             "      --idle-timeout S   drop a client idle for S seconds (default 0 = never)\n"
+            "      --transport T      auto | tcp | rdma (default auto: RDMA for clients that offer it;\n"
+            "                         rdma: required, clients without it are refused)\n"
+            "      --rdma-dev NAME    RDMA device (default $FERRY_RDMA_DEV, else the one whose GID is\n"
+            "                         the address a client connected to)\n"
+            "      --rdma-ip ADDR     use the RDMA GID of this IPv4 address (default $FERRY_RDMA_IP)\n"
             "      --log-level L      error | warn | info | debug (default info)\n"
             "  -v, --verbose          same as --log-level debug\n"
             "  -h, --help             this help\n"
@@ -152,6 +162,16 @@ static int cmd_serve(int argc, char **argv) {
             if (parse_u64(a, next, 0, 86400 * 365, &v)) return 2;
             cfg.idle_timeout_ms = v * 1000 > INT32_MAX ? INT32_MAX : (int)(v * 1000);
             i++;
+        } else if (!strcmp(a, "--transport")) {
+            struct ferry_error terr;
+            if (ferry_transport_parse(next, &cfg.transport, &terr) != FERRY_OK)
+                return fprintf(stderr, "ferry serve: --transport takes auto, tcp or rdma\n"), 2;
+            i++;
+        } else if (!strcmp(a, "--rdma-dev") || !strcmp(a, "--rdma-ip")) {
+            if (next == NULL) return fprintf(stderr, "ferry serve: %s needs a value\n", a), 2;
+            if (!strcmp(a, "--rdma-dev")) cfg.rdma_dev = next;
+            else cfg.rdma_ip = next;
+            i++;
         } else if (!strcmp(a, "--log-level")) {
             if (next == NULL || !ferry_log_parse_level(next, &level))
                 return fprintf(stderr, "ferry serve: --log-level takes error, warn, info or debug\n"), 2;
@@ -200,7 +220,20 @@ static int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "  cache      : %s (bound %" PRIu64 " MiB)\n", cfg.cache_dir, cfg.cache_max_bytes / MIB);
     else
         fprintf(stderr, "  cache      : n/a\n");
-    fprintf(stderr, "  transports : TCP\n");
+    char why[256], devs[2048];
+    bool rdma = cfg.transport != FERRY_TRANSPORT_TCP && ferry_rdma_available(why, sizeof why);
+    if (cfg.transport == FERRY_TRANSPORT_TCP) snprintf(why, sizeof why, "off (--transport tcp)");
+    fprintf(stderr, "  transports : TCP%s (--transport %s)\n", rdma ? ", RDMA" : "",
+            ferry_transport_name(cfg.transport));
+    if (rdma && ferry_rdma_list_devices(devs, sizeof devs) > 0) {
+        for (char *line = strtok(devs, "\n"); line; line = strtok(NULL, "\n"))
+            fprintf(stderr, "  rdma       : %s\n", line);
+        if (cfg.rdma_dev || cfg.rdma_ip)
+            fprintf(stderr, "  rdma choice: %s%s%s%s\n", cfg.rdma_dev ? "device " : "", cfg.rdma_dev ? cfg.rdma_dev : "",
+                    cfg.rdma_ip ? " ip " : "", cfg.rdma_ip ? cfg.rdma_ip : "");
+    } else if (!rdma) {
+        fprintf(stderr, "  rdma       : %s\n", why);
+    }
     fprintf(stderr, "  simd       : %s\n", ferry_engine_simd_name());
     fprintf(stderr, "  max conns  : %d\n", cfg.max_conns);
 
@@ -240,9 +273,12 @@ int main(int argc, char **argv) {
         const char *what = argc > 2 ? argv[2] : "";
         if (!strcmp(what, "rpc")) return ferry_bench_rpc_main(argc - 3, argv + 3, stdout);
         if (!strcmp(what, "net")) return ferry_bench_net_main(argc - 3, argv + 3, stdout);
-        fprintf(stderr, "ferry bench: expected 'rpc' or 'net'\n");
+        if (!strcmp(what, "model")) return ferry_cli_bench_model(argc - 2, argv + 2);
+        fprintf(stderr, "ferry bench: expected 'rpc', 'net' or 'model'\n");
         return 2;
     }
+    if (!strcmp(cmd, "run")) return ferry_cli_run(argc - 1, argv + 1);
+    if (!strcmp(cmd, "gen-model")) return ferry_cli_gen_model(argc - 1, argv + 1);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("ferry %s (ggml RPC protocol %d.%d.%d)\n", FERRY_VERSION_STRING, FERRY_RPC_VERSION_MAJOR,
                FERRY_RPC_VERSION_MINOR, FERRY_RPC_VERSION_PATCH);

@@ -17,6 +17,7 @@
 _Static_assert(FERRY_CLIENT_CMD_SLOTS == FERRY_RPC_CMD_COUNT, "one stats slot per command");
 
 void ferry_client_options_defaults(struct ferry_client_options *o) {
+    memset(o, 0, sizeof *o); /* transport auto, RDMA device and IP from the environment */
     o->connect_timeout_ms = 5000;
     o->response_timeout_ms = 300000;
     o->frame_timeout_ms = 60000;
@@ -91,19 +92,37 @@ static int open_conn(struct ferry_client *c, struct ferry_error *err) {
     }
     ferry_conn_set_timeouts(conn, (struct ferry_conn_timeouts){ c->opts.response_timeout_ms,
                                                                 c->opts.frame_timeout_ms });
+    if (c->opts.transport != FERRY_TRANSPORT_TCP) { /* HELLO may upgrade it to RDMA */
+        struct ferry_rdma_options ro = { .mode = c->opts.transport, .server = false, .dev = c->opts.rdma_dev,
+                                         .ip = c->opts.rdma_ip, .gid_index = -1 };
+        rc = ferry_rdma_wrap(conn, &ro, &conn, err);
+        if (rc) {
+            snprintf(c->broken_reason, sizeof c->broken_reason, "%s", err->msg);
+            return rc;
+        }
+    }
     c->conn = conn;
-    struct ferry_rpc_conn_caps caps = { 0 }; /* no RDMA over this transport */
-    uint8_t req[FERRY_RPC_CONN_CAPS_SIZE], rsp[FERRY_RPC_HELLO_RSP_SIZE];
-    ferry_rpc_encode_hello(&caps, req);
+    /* our caps: the transport's (RDMA queue pair) or zeros */
+    uint8_t req[FERRY_RPC_CONN_CAPS_SIZE] = { 0 }, rsp[FERRY_RPC_HELLO_RSP_SIZE];
+    size_t caps_len = 0;
+    rc = ferry_conn_local_caps(conn, req, sizeof req, &caps_len, err);
+    if (rc) return mark_broken(c, rc, err);
     rc = call1(c, FERRY_RPC_CMD_HELLO, req, sizeof req, rsp, sizeof rsp, err);
     if (rc) return rc;
     struct ferry_rpc_hello_rsp hello;
     if ((rc = ferry_rpc_decode_hello_rsp(rsp, sizeof rsp, &hello, err)) ||
         (rc = ferry_rpc_check_server_version(&hello, err)))
         return mark_broken(c, rc, err);
+    /* the server's caps follow the 4 version bytes */
+    if ((rc = ferry_conn_peer_caps(conn, rsp + 4, FERRY_RPC_CONN_CAPS_SIZE, err)) ||
+        (rc = ferry_conn_confirm(conn, err)))
+        return mark_broken(c, rc, err);
     c->hello_flags = hello.flags;
-    ferry_log_debug("client %s: connected, server protocol %u.%u.%u", c->endpoint, hello.major,
-                    hello.minor, hello.patch);
+    char line[512];
+    ferry_conn_describe(conn, line, sizeof line);
+    ferry_log(strcmp(ferry_conn_transport(conn), "tcp") ? FERRY_LOG_INFO : FERRY_LOG_DEBUG,
+              "client %s: connected, server protocol %u.%u.%u, transport %s", c->endpoint, hello.major,
+              hello.minor, hello.patch, line);
     return FERRY_OK;
 }
 
@@ -184,6 +203,17 @@ bool ferry_client_is_broken(struct ferry_client *c) {
     bool broken = c->conn == NULL;
     pthread_mutex_unlock(&c->lock);
     return broken;
+}
+
+const char *ferry_client_transport(struct ferry_client *c, char *line, size_t cap) {
+    pthread_mutex_lock(&c->lock);
+    const char *kind = c->conn ? ferry_conn_transport(c->conn) : "none";
+    if (line && cap) {
+        if (c->conn) ferry_conn_describe(c->conn, line, cap);
+        else snprintf(line, cap, "none (%s)", c->broken_reason);
+    }
+    pthread_mutex_unlock(&c->lock);
+    return kind;
 }
 
 const char *ferry_client_endpoint(const struct ferry_client *c) { return c->endpoint; }

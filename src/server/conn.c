@@ -395,6 +395,10 @@ static int hello(struct conn_state *st, struct ferry_error *err) {
     if (rc) return rc;
     rc = ferry_conn_confirm(st->c, err);
     if (rc) return rc;
+    char line[512];
+    ferry_conn_describe(st->c, line, sizeof line);
+    ferry_log(strcmp(ferry_conn_transport(st->c), "tcp") ? FERRY_LOG_INFO : FERRY_LOG_DEBUG, "%s: transport %s",
+              ferry_conn_peer(st->c), line);
     ferry_conn_set_timeouts(st->c, (struct ferry_conn_timeouts){ cfg->idle_timeout_ms, cfg->frame_timeout_ms });
     return FERRY_OK;
 }

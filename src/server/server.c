@@ -90,6 +90,15 @@ int ferry_server_create(const struct ferry_server_config *cfg, struct ferry_serv
         rc = ferry_fail(err, FERRY_ERR_NOMEM, "cannot start %d engine threads", s->cfg.n_threads);
         goto fail;
     }
+    if (s->cfg.transport < FERRY_TRANSPORT_AUTO || s->cfg.transport > FERRY_TRANSPORT_RDMA) {
+        rc = ferry_fail(err, FERRY_ERR_INVALID, "transport %d: expected auto, tcp or rdma", s->cfg.transport);
+        goto fail;
+    }
+    char why[256];
+    if (s->cfg.transport == FERRY_TRANSPORT_RDMA && !ferry_rdma_available(why, sizeof why)) {
+        rc = ferry_fail(err, FERRY_ERR_UNSUPPORTED, "RDMA required (--transport rdma), but %s", why);
+        goto fail;
+    }
     rc = ferry_tcp_listen(s->host, cfg->port, &s->listener, err);
     if (rc) goto fail;
     *out = s;
@@ -134,6 +143,14 @@ static void accept_one(struct ferry_server *s) {
     if (ferry_listener_accept(s->listener, 0, &c, &err) != FERRY_OK) {
         if (err.code != FERRY_ERR_TIMEOUT) ferry_log_warn("accept: %s", err.msg);
         return;
+    }
+    if (s->cfg.transport != FERRY_TRANSPORT_TCP) { /* HELLO may upgrade it to RDMA */
+        struct ferry_rdma_options ro = { .mode = s->cfg.transport, .server = true, .dev = s->cfg.rdma_dev,
+                                         .ip = s->cfg.rdma_ip, .gid_index = -1 };
+        if (ferry_rdma_wrap(c, &ro, &c, &err) != FERRY_OK) {
+            ferry_log_warn("accept: %s", err.msg);
+            return;
+        }
     }
     uint64_t open = atomic_load(&s->conns_open);
     if (open >= (uint64_t)s->cfg.max_conns) {

@@ -2,6 +2,7 @@
  * message/byte counters, on top of each transport's send and recv_some. */
 #include "transport/transport.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "transport/net.h"
@@ -198,4 +199,13 @@ int ferry_conn_confirm(struct ferry_conn *c, struct ferry_error *err) {
 
 void ferry_conn_close(struct ferry_conn *c) {
     if (c) c->ops->close(c);
+}
+
+const char *ferry_conn_transport(const struct ferry_conn *c) {
+    return c->ops->describe ? c->ops->describe(c, NULL, 0) : c->ops->kind;
+}
+
+void ferry_conn_describe(const struct ferry_conn *c, char *out, size_t cap) {
+    if (c->ops->describe) c->ops->describe(c, out, cap);
+    else snprintf(out, cap, "%s %s", c->ops->kind, c->peer);
 }

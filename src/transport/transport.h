@@ -110,6 +110,9 @@ struct ferry_conn_ops {
                      struct ferry_error *err);
     int (*confirm)(struct ferry_conn *c, struct ferry_error *err);
     void (*close)(struct ferry_conn *c); /* releases everything, including c */
+    /* Optional: writes a line for logs into out (when given) and returns
+     * the data path's kind now ("tcp" before an RDMA upgrade, "rdma" after). */
+    const char *(*describe)(const struct ferry_conn *c, char *out, size_t cap);
 };
 
 /* The part every transport embeds first in its own connection struct. */
@@ -196,5 +199,54 @@ void ferry_listener_close(struct ferry_listener *l);
  * listens there, FERRY_ERR_TIMEOUT, or FERRY_ERR_IO. */
 int ferry_tcp_connect(const char *host, int port, int timeout_ms, struct ferry_conn **out,
                       struct ferry_error *err);
+
+/* ---- RDMA (src/transport/rdma.c) ------------------------------------------ */
+
+/* Which transport a side wants: auto (RDMA when both sides can, else TCP),
+ * tcp (never RDMA), rdma (required: refuse rather than fall back). The same
+ * values as ferry_client_options.transport / ferry_server_config.transport. */
+#ifndef FERRY_TRANSPORT_AUTO
+#define FERRY_TRANSPORT_AUTO 0
+#define FERRY_TRANSPORT_TCP 1
+#define FERRY_TRANSPORT_RDMA 2
+#endif
+
+/* "auto" | "tcp" | "rdma" to a mode; FERRY_ERR_INVALID otherwise. */
+int ferry_transport_parse(const char *s, int *mode, struct ferry_error *err);
+const char *ferry_transport_name(int mode);
+
+struct ferry_rdma_options {
+    int mode;          /* FERRY_TRANSPORT_AUTO or FERRY_TRANSPORT_RDMA */
+    bool server;       /* the accepting side */
+    const char *dev;   /* RDMA device name; NULL: $FERRY_RDMA_DEV, $GGML_RDMA_DEV, any */
+    const char *ip;    /* use the GID of this IPv4 address; NULL: $FERRY_RDMA_IP, else the
+                          TCP connection's local address */
+    int gid_index;     /* -1: choose (or $FERRY_RDMA_GID, $GGML_RDMA_GID) */
+};
+
+/* Whether this build has RDMA and the host has at least one RDMA device;
+ * otherwise why not, in words, when why is given. Cheap (sysfs), cached. */
+bool ferry_rdma_available(char *why, size_t cap);
+/* One line per RDMA device and port: name, state, active MTU, IPv4 GIDs. */
+int ferry_rdma_list_devices(char *out, size_t cap);
+
+/* Wraps an established TCP connection so that HELLO can upgrade it to RDMA:
+ * until ferry_conn_confirm switches, data goes over TCP; afterwards over
+ * the queue pair, and the TCP socket stays open as the liveness channel
+ * (its fd stays the connection's fd, so shutdown() on it wakes a waiter).
+ * Takes ownership of tcp, also on failure. The HELLO hooks:
+ *   client: local_caps (probes the device, creates the queue pair; zeros in
+ *           auto mode when it cannot), then peer_caps (the server's), then
+ *           confirm (RTR, RTS; stays on TCP when either side sent zeros).
+ *   server: peer_caps (the client's: creates the queue pair, posts the
+ *           receive ring, RTR, before the response leaves), local_caps,
+ *           then confirm after the response is sent (RTS).
+ * In required mode every "stay on TCP" above is an error that says why. */
+int ferry_rdma_wrap(struct ferry_conn *tcp, const struct ferry_rdma_options *o,
+                    struct ferry_conn **out, struct ferry_error *err);
+/* "tcp" or "rdma": what the data path uses now. */
+const char *ferry_conn_transport(const struct ferry_conn *c);
+/* A line for logs: transport, and for RDMA device, port, GID, MTU. */
+void ferry_conn_describe(const struct ferry_conn *c, char *out, size_t cap);
 
 #endif

@@ -1,0 +1,556 @@
+/* The RDMA transport.
+ *
+ * Everywhere: --transport parsing; with no RDMA device on the host, auto
+ * falls back to TCP and required mode (client and server) is refused with a
+ * reason, and a HELLO carrying RDMA caps still gets zeros back.
+ *
+ * With FERRY_TEST_RDMA=1 (scripts/rdma-test.sh sets it inside the Soft-RoCE
+ * guest: rxe0 on veth0 198.18.0.1, rxe1 on veth1 198.18.0.2), the real
+ * suite over the verbs stack: every command over RDMA with the server on
+ * rxe1 and the client on rxe0 (so packets cross the veth pair), 64 MiB
+ * SET_TENSOR and GET_TENSOR, several connections at once, malformed caps,
+ * required-but-absent refusals, a client killed mid-transfer (the server
+ * keeps serving) and a server killed mid-transfer (the client gets an error
+ * within seconds). Peers that must die run as child processes of this
+ * program (fork + exec of itself with a role argument), killed by PID.
+ *
+ * `test_rdma --mtu-mismatch` is the part scripts/rdma-test.sh runs again
+ * after giving veth0 a 9000-byte MTU (veth1 keeps 1500): a 64 MiB transfer
+ * must not hang. */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ferry/client.h"
+#include "ferry/log.h"
+#include "ferry/server.h"
+#include "rpc_client_raw.h"
+#include "testutil.h"
+#include "transport/transport.h"
+
+#define MIB (1024ull * 1024)
+#define SERVER_IP "198.18.0.2" /* rxe1 */
+#define CLIENT_DEV "rxe0"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- servers and clients --------------------------------------------------------- */
+
+struct test_server {
+    struct ferry_server *s;
+    pthread_t thread;
+    int port;
+    char endpoint[48];
+};
+
+static void *serve(void *arg) {
+    struct ferry_error err;
+    ferry_server_run(arg, &err);
+    return NULL;
+}
+
+static bool server_start(struct test_server *ts, const char *host, int transport) {
+    struct ferry_server_config cfg;
+    ferry_server_config_defaults(&cfg);
+    cfg.host = host;
+    cfg.port = 0;
+    cfg.n_threads = 1;
+    cfg.mem_limit = 512 * MIB;
+    cfg.max_payload = 256 * MIB;
+    cfg.transport = transport;
+    struct ferry_error err;
+    if (!CHECK(ferry_server_create(&cfg, &ts->s, &err) == FERRY_OK, "server on %s (%s): %s", host,
+               ferry_transport_name(transport), err.msg))
+        return false;
+    ts->port = ferry_server_port(ts->s);
+    snprintf(ts->endpoint, sizeof ts->endpoint, "%s:%d", host, ts->port);
+    pthread_create(&ts->thread, NULL, serve, ts->s);
+    return true;
+}
+
+static void server_stop(struct test_server *ts) {
+    ferry_server_stop(ts->s);
+    pthread_join(ts->thread, NULL);
+    ferry_server_destroy(ts->s);
+    ts->s = NULL;
+}
+
+static int client_open(const char *endpoint, int transport, const char *dev, struct ferry_client **c,
+                       struct ferry_error *err) {
+    struct ferry_client_options o;
+    ferry_client_options_defaults(&o);
+    o.response_timeout_ms = 60000; /* nothing here may hang; the guest CPU is slow */
+    o.frame_timeout_ms = 60000;
+    o.transport = transport;
+    o.rdma_dev = dev;
+    *c = NULL;
+    return ferry_client_connect(endpoint, &o, c, err);
+}
+
+static void fill(uint8_t *p, size_t n, uint64_t seed) {
+    uint64_t s = seed;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t v = test_rand_u64(&s);
+        memcpy(p + i, &v, 8);
+    }
+    for (; i < n; i++) p[i] = (uint8_t)test_rand_u64(&s);
+}
+
+/* ---- everywhere -------------------------------------------------------------------- */
+
+static void test_parse(void) {
+    struct ferry_error err;
+    int m = -1;
+    CHECK(ferry_transport_parse("auto", &m, &err) == FERRY_OK && m == FERRY_TRANSPORT_AUTO, "auto");
+    CHECK(ferry_transport_parse("tcp", &m, &err) == FERRY_OK && m == FERRY_TRANSPORT_TCP, "tcp");
+    CHECK(ferry_transport_parse("rdma", &m, &err) == FERRY_OK && m == FERRY_TRANSPORT_RDMA, "rdma");
+    CHECK(ferry_transport_parse("RDMA!", &m, &err) == FERRY_ERR_INVALID, "junk refused");
+    CHECK(ferry_transport_parse(NULL, &m, &err) == FERRY_ERR_INVALID, "NULL refused");
+    CHECK(strcmp(ferry_transport_name(FERRY_TRANSPORT_RDMA), "rdma") == 0, "name");
+}
+
+/* No device: auto is TCP, required is a clear refusal on both sides. */
+static void test_no_device(void) {
+    char why[256];
+    if (!CHECK(!ferry_rdma_available(why, sizeof why), "no RDMA device expected here")) return;
+    printf("  (RDMA unavailable: %s)\n", why);
+    struct test_server ts;
+    if (!server_start(&ts, "127.0.0.1", FERRY_TRANSPORT_AUTO)) return;
+    struct ferry_error err;
+    struct ferry_client *c = NULL;
+    CHECK(client_open(ts.endpoint, FERRY_TRANSPORT_AUTO, NULL, &c, &err) == FERRY_OK, "auto connects: %s", err.msg);
+    if (c) {
+        CHECK(strcmp(ferry_client_transport(c, NULL, 0), "tcp") == 0, "auto falls back to tcp");
+        uint32_t n = 0;
+        CHECK(ferry_client_device_count(c, &n, &err) == FERRY_OK && n == 1, "a command works over the fallback");
+        ferry_client_close(c);
+    }
+    double t0 = now_s();
+    int rc = client_open(ts.endpoint, FERRY_TRANSPORT_RDMA, NULL, &c, &err);
+    CHECK(rc == FERRY_ERR_UNSUPPORTED && c == NULL && strstr(err.msg, "RDMA required") != NULL,
+          "required RDMA without a device is refused (rc %d: %s)", rc, err.msg);
+    CHECK(now_s() - t0 < 5, "refused at once");
+
+    /* a HELLO that offers RDMA gets zero caps back (ggml's client then stays on TCP) */
+    struct rpc_raw *raw = NULL;
+    if (CHECK(rpc_raw_connect("127.0.0.1", ts.port, 5000, &raw, &err) == FERRY_OK, "raw connect: %s", err.msg)) {
+        uint8_t caps[24] = { 0x11, 0x22, 0x03, 0, 0x11, 0x22, 0x03, 0 };
+        caps[18] = caps[19] = 0xff, caps[20] = 127, caps[23] = 1;
+        uint8_t cmd = FERRY_RPC_CMD_HELLO, len[8];
+        ferry_rpc_put_u64(len, 24);
+        struct iovec hdr[2] = { { &cmd, 1 }, { len, 8 } }, body = { caps, 24 };
+        uint8_t rl[8], rsp[28];
+        bool ok = ferry_conn_send(raw->conn, hdr, 2, &body, 1, &err) == FERRY_OK &&
+                  ferry_conn_recv_header(raw->conn, rl, 8, &err) == FERRY_OK && ferry_rpc_get_u64(rl) == 28 &&
+                  ferry_conn_recv_payload(raw->conn, rsp, 28, &err) == FERRY_OK;
+        static const uint8_t zero[24];
+        CHECK(ok && memcmp(rsp + 4, zero, 24) == 0, "RDMA caps answered with zeros: %s", ok ? "" : err.msg);
+        rpc_raw_close(raw);
+    }
+    server_stop(&ts);
+
+    struct ferry_server_config cfg;
+    ferry_server_config_defaults(&cfg);
+    cfg.port = 0;
+    cfg.transport = FERRY_TRANSPORT_RDMA;
+    struct ferry_server *s = NULL;
+    rc = ferry_server_create(&cfg, &s, &err);
+    CHECK(rc == FERRY_ERR_UNSUPPORTED && s == NULL && strstr(err.msg, "RDMA required"),
+          "a server that requires RDMA without a device does not start (%s)", err.msg);
+    if (s) ferry_server_destroy(s);
+}
+
+/* ---- over the verbs stack ---------------------------------------------------------- */
+
+/* Every command, over RDMA. */
+static void test_every_command(struct test_server *ts) {
+    struct ferry_error err;
+    struct ferry_client *c = NULL;
+    if (!CHECK(client_open(ts->endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err) == FERRY_OK,
+               "required RDMA connects: %s", err.msg))
+        return;
+    char line[512];
+    const char *kind = ferry_client_transport(c, line, sizeof line);
+    printf("  client: %s\n", line);
+    CHECK(strcmp(kind, "rdma") == 0 && strstr(line, CLIENT_DEV) && strstr(line, "mtu"), "on rdma: %s", line);
+    uint32_t n = 0;
+    uint64_t fm = 0, tm = 0, al = 0, mx = 0;
+    CHECK(ferry_client_device_count(c, &n, &err) == FERRY_OK && n == 1, "DEVICE_COUNT");
+    CHECK(ferry_client_device_memory(c, 0, &fm, &tm, &err) == FERRY_OK && tm == 512 * MIB, "GET_DEVICE_MEMORY");
+    CHECK(ferry_client_alignment(c, 0, &al, &err) == FERRY_OK && al >= 16, "GET_ALIGNMENT");
+    CHECK(ferry_client_max_size(c, 0, &mx, &err) == FERRY_OK && mx > 0, "GET_MAX_SIZE");
+    CHECK(ferry_client_server_is_ferry(c), "ferry server seen");
+    struct ferry_client_server_stats ss;
+    CHECK(ferry_client_server_stats(c, &ss, &err) == FERRY_OK && ss.commands > 0, "FERRY_STATS: %s", err.msg);
+
+    struct ferry_remote_buffer buf;
+    if (!CHECK(ferry_client_alloc_buffer(c, 0, 1 * MIB, &buf, &err) == FERRY_OK, "ALLOC_BUFFER (+GET_BASE): %s",
+               err.msg)) {
+        ferry_client_close(c);
+        return;
+    }
+    CHECK(ferry_client_buffer_clear(c, &buf, 0, &err) == FERRY_OK, "BUFFER_CLEAR");
+    struct ferry_tensor a, b, sum, cp;
+    int64_t ne[2] = { 256, 64 };
+    ferry_tensor_init(&a, FERRY_TYPE_F32, 2, ne, NULL);
+    ferry_tensor_init(&b, FERRY_TYPE_F32, 2, ne, NULL);
+    ferry_tensor_init(&sum, FERRY_TYPE_F32, 2, ne, NULL);
+    ferry_tensor_init(&cp, FERRY_TYPE_F32, 2, ne, NULL);
+    strcpy(a.name, "a"), strcpy(b.name, "b"), strcpy(sum.name, "sum"), strcpy(cp.name, "cp");
+    size_t nb = ferry_nbytes(&a);
+    ferry_remote_tensor_place(&a, &buf, 0, &err);
+    ferry_remote_tensor_place(&b, &buf, nb, &err);
+    ferry_remote_tensor_place(&sum, &buf, 2 * nb, &err);
+    ferry_remote_tensor_place(&cp, &buf, 3 * nb, &err);
+    sum.op = FERRY_OP_ADD, sum.src[0] = &a, sum.src[1] = &b, sum.flags = FERRY_FLAG_COMPUTE | FERRY_FLAG_OUTPUT;
+    float *ad = malloc(nb), *bd = malloc(nb), *got = malloc(nb);
+    for (size_t i = 0; i < nb / 4; i++) ad[i] = (float)i, bd[i] = 0.5f * (float)i;
+    uint64_t sz = 0;
+    CHECK(ferry_client_init_tensor(c, &a, &err) == FERRY_OK, "INIT_TENSOR");
+    CHECK(ferry_client_get_alloc_size(c, 0, &a, &sz, &err) == FERRY_OK && sz == nb, "GET_ALLOC_SIZE");
+    CHECK(ferry_client_set_tensor(c, &a, 0, ad, nb, &err) == FERRY_OK, "SET_TENSOR");
+    bool hit = true;
+    CHECK(ferry_client_set_tensor_hash(c, &b, 0, bd, nb, &hit, &err) == FERRY_OK && !hit, "SET_TENSOR_HASH (miss)");
+    CHECK(ferry_client_set_tensor(c, &b, 0, bd, nb, &err) == FERRY_OK, "SET_TENSOR b");
+    struct ferry_tensor *nodes[1] = { &sum };
+    CHECK(ferry_client_graph_compute(c, 0, nodes, 1, &err) == FERRY_OK, "GRAPH_COMPUTE: %s", err.msg);
+    CHECK(ferry_client_get_tensor(c, &sum, 0, got, nb, &err) == FERRY_OK, "GET_TENSOR");
+    bool ok = true;
+    for (size_t i = 0; i < nb / 4; i++) ok &= got[i] == 1.5f * (float)i;
+    CHECK(ok, "a + b computed over RDMA");
+    CHECK(ferry_client_graph_compute(c, 0, nodes, 1, &err) == FERRY_OK, "GRAPH_RECOMPUTE: %s", err.msg);
+    bool copied = false;
+    CHECK(ferry_client_copy_tensor(c, &a, &cp, &copied, &err) == FERRY_OK && copied, "COPY_TENSOR");
+    CHECK(ferry_client_get_tensor(c, &cp, 0, got, nb, &err) == FERRY_OK && memcmp(got, ad, nb) == 0, "copy landed");
+    CHECK(ferry_client_memset_tensor(c, &cp, 16, 64, 0xab, &err) == FERRY_OK, "MEMSET_TENSOR");
+    uint8_t m[96];
+    CHECK(ferry_client_get_tensor(c, &cp, 0, m, sizeof m, &err) == FERRY_OK && m[16] == 0xab && m[79] == 0xab &&
+              m[80] != 0xab, "memset landed");
+    CHECK(ferry_client_free_buffer(c, &buf, &err) == FERRY_OK, "FREE_BUFFER");
+    CHECK(strcmp(ferry_client_transport(c, NULL, 0), "rdma") == 0, "still on rdma");
+    free(ad), free(bd), free(got);
+    ferry_client_close(c);
+}
+
+/* 64 MiB each way, checked byte for byte. */
+static bool big_roundtrip(struct ferry_client *c, size_t n, uint64_t seed, double *set_s, double *get_s) {
+    struct ferry_error err;
+    struct ferry_remote_buffer buf;
+    if (!CHECK(ferry_client_alloc_buffer(c, 0, n, &buf, &err) == FERRY_OK, "alloc %zu: %s", n, err.msg)) return false;
+    struct ferry_tensor t;
+    int64_t ne[1] = { (int64_t)n };
+    ferry_tensor_init(&t, FERRY_TYPE_I8, 1, ne, NULL);
+    ferry_remote_tensor_place(&t, &buf, 0, &err);
+    uint8_t *src = malloc(n), *dst = malloc(n);
+    fill(src, n, seed);
+    memset(dst, 0, n);
+    double t0 = now_s();
+    int rc = ferry_client_set_tensor(c, &t, 0, src, n, &err);
+    double t1 = now_s();
+    if (rc == FERRY_OK) rc = ferry_client_get_tensor(c, &t, 0, dst, n, &err);
+    double t2 = now_s();
+    if (set_s) *set_s = t1 - t0;
+    if (get_s) *get_s = t2 - t1;
+    bool ok = CHECK(rc == FERRY_OK && memcmp(src, dst, n) == 0, "%zu bytes round trip: %s", n,
+                    rc ? err.msg : "identical");
+    if (rc == FERRY_OK) ferry_client_free_buffer(c, &buf, &err);
+    free(src), free(dst);
+    return ok;
+}
+
+static void test_big(struct test_server *ts) {
+    struct ferry_error err;
+    struct ferry_client *c = NULL;
+    if (!CHECK(client_open(ts->endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err) == FERRY_OK, "connect: %s",
+               err.msg))
+        return;
+    double s = 0, g = 0;
+    if (big_roundtrip(c, 64 * MIB, 7, &s, &g))
+        printf("  64 MiB SET_TENSOR %.2f s (%.1f MB/s), GET_TENSOR %.2f s (%.1f MB/s)\n", s, 64 * 1.048576 / s, g,
+               64 * 1.048576 / g);
+    CHECK(big_roundtrip(c, 256 * 1024 + 1, 8, NULL, NULL), "a payload one byte over a chunk");
+    CHECK(big_roundtrip(c, 100, 9, NULL, NULL), "a small (inline) payload");
+    ferry_client_close(c);
+}
+
+struct worker {
+    const char *endpoint;
+    int id;
+    bool ok;
+};
+
+static void *worker_main(void *arg) {
+    struct worker *w = arg;
+    struct ferry_error err;
+    struct ferry_client *c = NULL;
+    if (client_open(w->endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err) != FERRY_OK) {
+        fprintf(stderr, "worker %d: %s\n", w->id, err.msg);
+        return NULL;
+    }
+    w->ok = strcmp(ferry_client_transport(c, NULL, 0), "rdma") == 0;
+    for (int i = 0; i < 3 && w->ok; i++) w->ok = big_roundtrip(c, 4 * MIB + (size_t)w->id * 4096, (uint64_t)(w->id * 10 + i), NULL, NULL);
+    ferry_client_close(c);
+    return NULL;
+}
+
+static void test_several(struct test_server *ts) {
+    enum { N = 4 };
+    pthread_t th[N];
+    struct worker w[N];
+    for (int i = 0; i < N; i++) {
+        w[i] = (struct worker){ ts->endpoint, i, false };
+        pthread_create(&th[i], NULL, worker_main, &w[i]);
+    }
+    int good = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        good += w[i].ok;
+    }
+    CHECK(good == N, "%d connections at once, each with 3 x 4 MiB both ways: %d ok", N, good);
+}
+
+/* Malformed caps close the connection; the server keeps serving. */
+static void test_bad_caps(struct test_server *ts) {
+    struct ferry_error err;
+    static const uint8_t bad[3][24] = {
+        { 0x01, 0x00, 0x00, 0x01, 0x01 },                                  /* qpn over 24 bits */
+        { 0x01, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x10 },                  /* psn over 24 bits */
+        { 0x05, 0x00, 0x00, 0x00, 0x05 },                                  /* zero GID */
+    };
+    for (int k = 0; k < 3; k++) {
+        struct rpc_raw *raw = NULL;
+        if (!CHECK(rpc_raw_connect(SERVER_IP, ts->port, 5000, &raw, &err) == FERRY_OK, "raw connect: %s", err.msg))
+            return;
+        uint8_t cmd = FERRY_RPC_CMD_HELLO, len[8], rl[8];
+        ferry_rpc_put_u64(len, 24);
+        struct iovec hdr[2] = { { &cmd, 1 }, { len, 8 } }, body = { (void *)bad[k], 24 };
+        int rc = ferry_conn_send(raw->conn, hdr, 2, &body, 1, &err);
+        if (rc == FERRY_OK) rc = ferry_conn_recv_header(raw->conn, rl, 8, &err);
+        CHECK(rc == FERRY_ERR_CLOSED, "bad caps %d: the server closes (rc %d)", k, rc);
+        rpc_raw_close(raw);
+    }
+    struct ferry_client *c = NULL;
+    CHECK(client_open(ts->endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err) == FERRY_OK, "still serving: %s",
+          err.msg);
+    ferry_client_close(c);
+}
+
+static void test_refusals(struct test_server *rdma_srv) {
+    struct ferry_error err;
+    struct ferry_client *c = NULL;
+    /* server on TCP only, client requires RDMA */
+    struct test_server tcp_srv;
+    if (server_start(&tcp_srv, SERVER_IP, FERRY_TRANSPORT_TCP)) {
+        double t0 = now_s();
+        int rc = client_open(tcp_srv.endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err);
+        CHECK(rc == FERRY_ERR_UNSUPPORTED && strstr(err.msg, "server did not accept"),
+              "required RDMA against a TCP-only server: refused (%s)", err.msg);
+        CHECK(now_s() - t0 < 10, "at once");
+        rc = client_open(tcp_srv.endpoint, FERRY_TRANSPORT_AUTO, CLIENT_DEV, &c, &err);
+        CHECK(rc == FERRY_OK && strcmp(ferry_client_transport(c, NULL, 0), "tcp") == 0, "auto: TCP with it");
+        ferry_client_close(c);
+        server_stop(&tcp_srv);
+    }
+    /* server requires RDMA, client offers none */
+    int rc = client_open(rdma_srv->endpoint, FERRY_TRANSPORT_TCP, NULL, &c, &err);
+    CHECK(rc != FERRY_OK && c == NULL, "a TCP-only client is refused by a server requiring RDMA (%s)", err.msg);
+    /* no such device */
+    rc = client_open(rdma_srv->endpoint, FERRY_TRANSPORT_RDMA, "nosuchdev0", &c, &err);
+    CHECK(rc == FERRY_ERR_UNSUPPORTED && strstr(err.msg, "nosuchdev0"), "unknown device named: %s", err.msg);
+    /* auto with an unknown device: TCP, and the server (requiring RDMA) refuses */
+    rc = client_open(rdma_srv->endpoint, FERRY_TRANSPORT_AUTO, "nosuchdev0", &c, &err);
+    CHECK(rc != FERRY_OK, "auto without a usable device against a server requiring RDMA: refused");
+}
+
+/* ---- killed peers (child processes) --------------------------------------------------- */
+
+static const char *self_exe;
+
+static pid_t spawn(char *const argv[]) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        execv(self_exe, argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* child: a client that uploads 64 MiB again and again until killed */
+static int child_client(const char *endpoint) {
+    struct ferry_error err;
+    struct ferry_client *c = NULL;
+    if (client_open(endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err) != FERRY_OK) {
+        fprintf(stderr, "child client: %s\n", err.msg);
+        return 1;
+    }
+    for (;;) big_roundtrip(c, 64 * MIB, 1, NULL, NULL);
+}
+
+/* child: a server on SERVER_IP that prints its port and serves until killed */
+static int child_server(void) {
+    struct test_server ts;
+    if (!server_start(&ts, SERVER_IP, FERRY_TRANSPORT_RDMA)) return 1;
+    printf("PORT %d\n", ts.port);
+    fflush(stdout);
+    pthread_join(ts.thread, NULL);
+    return 0;
+}
+
+static void test_client_killed(struct test_server *ts) {
+    struct ferry_server_stats before, after;
+    ferry_server_get_stats(ts->s, &before);
+    char *argv[] = { (char *)self_exe, "--child-client", ts->endpoint, NULL };
+    pid_t pid = spawn(argv);
+    if (!CHECK(pid > 0, "fork")) return;
+    /* wait until it is moving data, then kill it mid-transfer */
+    double t0 = now_s();
+    for (;;) {
+        ferry_server_get_stats(ts->s, &after);
+        if (after.bytes_in > before.bytes_in + 8 * MIB || now_s() - t0 > 60) break;
+        usleep(20000);
+    }
+    CHECK(after.bytes_in > before.bytes_in + 8 * MIB, "the child client transfers");
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    double tk = now_s();
+    for (;;) {
+        ferry_server_get_stats(ts->s, &after);
+        if (after.conns_open == before.conns_open || now_s() - tk > 30) break;
+        usleep(20000);
+    }
+    CHECK(after.conns_open == before.conns_open, "the server noticed the dead client in %.1f s", now_s() - tk);
+    struct ferry_error err;
+    struct ferry_client *c = NULL;
+    CHECK(client_open(ts->endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err) == FERRY_OK, "still serving: %s",
+          err.msg);
+    if (c) CHECK(big_roundtrip(c, 4 * MIB, 3, NULL, NULL), "and moving data");
+    ferry_client_close(c);
+}
+
+static void test_server_killed(void) {
+    int pfd[2];
+    if (!CHECK(pipe(pfd) == 0, "pipe")) return;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(pfd[1], 1);
+        close(pfd[0]);
+        char *argv[] = { (char *)self_exe, "--child-server", NULL };
+        execv(self_exe, argv);
+        _exit(127);
+    }
+    close(pfd[1]);
+    FILE *f = fdopen(pfd[0], "r");
+    int port = 0;
+    char line[64];
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "PORT %d", &port) == 1) break;
+    if (f) fclose(f);
+    if (!CHECK(port > 0, "child server started")) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return;
+    }
+    char endpoint[48];
+    snprintf(endpoint, sizeof endpoint, "%s:%d", SERVER_IP, port);
+    struct ferry_error err;
+    struct ferry_client *c = NULL;
+    if (CHECK(client_open(endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err) == FERRY_OK, "connect: %s", err.msg)) {
+        struct ferry_remote_buffer buf;
+        size_t n = 64 * MIB;
+        if (CHECK(ferry_client_alloc_buffer(c, 0, n, &buf, &err) == FERRY_OK, "alloc")) {
+            struct ferry_tensor t;
+            int64_t ne[1] = { (int64_t)n };
+            ferry_tensor_init(&t, FERRY_TYPE_I8, 1, ne, NULL);
+            ferry_remote_tensor_place(&t, &buf, 0, &err);
+            uint8_t *p = calloc(1, n);
+            ferry_client_set_tensor(c, &t, 0, p, n, &err); /* warm up */
+            pid_t killer = fork();
+            if (killer == 0) { /* kill the server while a GET_TENSOR is under way */
+                usleep(300000);
+                kill(pid, SIGKILL);
+                _exit(0);
+            }
+            double t0 = now_s();
+            int rc = FERRY_OK;
+            for (int i = 0; i < 100 && rc == FERRY_OK; i++) rc = ferry_client_get_tensor(c, &t, 0, p, n, &err);
+            double dt = now_s() - t0;
+            waitpid(killer, NULL, 0);
+            CHECK(rc != FERRY_OK && ferry_client_is_broken(c), "the client gets an error: %s", err.msg);
+            printf("  server killed: client error after %.2f s of transfers: %s\n", dt, err.msg);
+            uint32_t nd;
+            CHECK(ferry_client_device_count(c, &nd, &err) == FERRY_ERR_CLOSED, "later calls fail fast");
+            free(p);
+        }
+        ferry_client_close(c);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
+static void test_mtu_mismatch(void) {
+    struct test_server ts;
+    if (!server_start(&ts, SERVER_IP, FERRY_TRANSPORT_RDMA)) return;
+    struct ferry_error err;
+    struct ferry_client *c = NULL;
+    if (CHECK(client_open(ts.endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err) == FERRY_OK, "connect: %s",
+              err.msg)) {
+        char line[512];
+        ferry_client_transport(c, line, sizeof line);
+        printf("  client: %s\n", line);
+        CHECK(big_roundtrip(c, 64 * MIB, 11, NULL, NULL), "64 MiB with mismatched link MTUs");
+        ferry_client_close(c);
+    }
+    server_stop(&ts);
+}
+
+int main(int argc, char **argv) {
+    self_exe = argv[0];
+    ferry_log_set_level(FERRY_LOG_WARN);
+    if (argc >= 3 && strcmp(argv[1], "--child-client") == 0) return child_client(argv[2]);
+    if (argc >= 2 && strcmp(argv[1], "--child-server") == 0) return child_server();
+    const char *env = getenv("FERRY_TEST_RDMA");
+    bool real = env && strcmp(env, "1") == 0;
+    if (argc >= 2 && strcmp(argv[1], "--mtu-mismatch") == 0) {
+        test_mtu_mismatch();
+        return test_summary();
+    }
+    test_parse();
+    if (!real) {
+        test_no_device();
+        return test_summary();
+    }
+    ferry_log_set_level(FERRY_LOG_INFO);
+    char devs[1024];
+    ferry_rdma_list_devices(devs, sizeof devs);
+    printf("RDMA devices:\n%s\n", devs);
+    double t0 = now_s();
+    test_server_killed();
+    printf("  [%.1f s] server killed\n", now_s() - t0);
+    struct test_server ts;
+    if (!server_start(&ts, SERVER_IP, FERRY_TRANSPORT_RDMA)) return test_summary();
+    test_every_command(&ts);
+    printf("  [%.1f s] every command\n", now_s() - t0);
+    test_big(&ts);
+    printf("  [%.1f s] 64 MiB\n", now_s() - t0);
+    test_several(&ts);
+    printf("  [%.1f s] several\n", now_s() - t0);
+    test_bad_caps(&ts);
+    test_refusals(&ts);
+    printf("  [%.1f s] refusals\n", now_s() - t0);
+    test_client_killed(&ts);
+    printf("  [%.1f s] client killed\n", now_s() - t0);
+    server_stop(&ts);
+    return test_summary();
+}
