@@ -3,13 +3,42 @@
 # verbs stack: Soft-RoCE (rdma_rxe) inside a QEMU guest, tools/softroce-vm.
 # Needs root (the harness installs qemu and boots the guest).
 #   scripts/rdma-test.sh              build, boot the guest, run the suite
+#   scripts/rdma-test.sh --bench      ferry bench rpc over RDMA and idle CPU, in the guest
 #   RDMA_TEST_TIMEOUT=SEC             bound on the guest run (default 540)
 # Inside the guest (rxe0 on veth0 198.18.0.1, rxe1 on veth1 198.18.0.2) it
-# runs tests/test_rdma with FERRY_TEST_RDMA=1, then raises veth0's MTU to
+# runs tests/test_rdma with FERRY_TEST_RDMA=1, then again under a 4 MiB
+# memlock limit without CAP_IPC_LOCK (--memlock), then raises veth0's MTU to
 # 9000 (veth1 keeps 1500) and runs the 64 MiB transfer again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=build-rdma
+
+# `--bench` (in the guest): ferry serve on rxe1 and `ferry bench rpc` from rxe0 over
+# RDMA, then the CPU time of an idle server and an idle client holding an RDMA connection.
+if [ "${1:-}" = --bench-in-guest ]; then
+    cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime, in clock ticks
+    "$dir/ferry" serve -H 198.18.0.2 -p 50052 --transport rdma --log-level warn &
+    spid=$!
+    "$dir/ferry" bench net --listen -H 198.18.0.2 -p 50053 &
+    npid=$!
+    sleep 3
+    FERRY_RDMA_DEV=rxe0 "$dir/ferry" bench rpc --rpc 198.18.0.2:50052 --net 198.18.0.2:50053 --quick \
+        --max-size "${RDMA_BENCH_MAX:-64M}"
+    kill $npid
+    FERRY_RDMA_DEV=rxe0 "$dir/tests/test_rdma" --hold 198.18.0.2:50052 12 &
+    hpid=$!
+    sleep 4
+    s0=$(cpu $spid) h0=$(cpu $hpid)
+    sleep 6
+    s1=$(cpu $spid) h1=$(cpu $hpid)
+    tck=$(getconf CLK_TCK)
+    echo "idle over 6 s with an RDMA connection open: server $(( (s1 - s0) * 1000 / tck )) ms CPU," \
+         "client $(( (h1 - h0) * 1000 / tck )) ms CPU"
+    wait $hpid
+    kill $spid
+    wait $spid || true
+    exit 0
+fi
 
 if [ "${1:-}" = --in-guest ]; then
     export FERRY_TEST_RDMA=1
@@ -18,6 +47,9 @@ if [ "${1:-}" = --in-guest ]; then
     stamp() { awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}'; }
     echo "== [guest $(stamp) s] test_rdma"
     "$dir/tests/test_rdma" || rc=1
+    echo "== [guest $(stamp) s] test_rdma --memlock (ulimit -l 4096, no CAP_IPC_LOCK)"
+    ( ulimit -l 4096
+      exec setpriv --inh-caps -ipc_lock --bounding-set -ipc_lock "$dir/tests/test_rdma" --memlock ) || rc=1
     echo "== [guest $(stamp) s] test_rdma --mtu-mismatch (veth0 mtu 9000, veth1 mtu 1500)"
     ip link set dev veth0 mtu 9000
     "$dir/tests/test_rdma" --mtu-mismatch || rc=1
@@ -25,12 +57,14 @@ if [ "${1:-}" = --in-guest ]; then
     exit $rc
 fi
 
+what=--in-guest targets=(test_rdma)
+if [ "${1:-}" = --bench ]; then what=--bench-in-guest targets=(test_rdma ferry-cli); fi
 bash scripts/deps.sh
 cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_WERROR=ON -DFERRY_RDMA=ON >/dev/null
-ninja -C "$dir" test_rdma
+ninja -C "$dir" "${targets[@]}"
 t0=$EPOCHREALTIME
 set +e
-bash tools/softroce-vm/softroce-vm.sh -t "${RDMA_TEST_TIMEOUT:-540}" -m 2048 -- bash scripts/rdma-test.sh --in-guest
+bash tools/softroce-vm/softroce-vm.sh -t "${RDMA_TEST_TIMEOUT:-540}" -m 2048 -- bash scripts/rdma-test.sh "$what"
 rc=$?
 set -e
 echo "== RDMA suite: exit $rc after $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}') s in the guest"

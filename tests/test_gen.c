@@ -4,6 +4,7 @@
  * one-token forward pass gives spread-out logits; the Q4_K/Q6_K quantizers
  * round-trip; the vocabularies are well formed; bad parameters are refused;
  * size targets are met; the gen-model command works. */
+#include <dirent.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,14 @@
 #include "cli/gen_model.c"
 
 static char tmpdir[256];
+
+static int count_files(void) {
+    DIR *d = opendir(tmpdir);
+    int n = 0;
+    for (struct dirent *e; d && (e = readdir(d));) n += e->d_name[0] != '.';
+    if (d) closedir(d);
+    return n;
+}
 
 static const char *const ARCH_NAMES[] = { "llama", "mistral", "qwen2", "qwen3" };
 static const enum ferry_type WTYPES[] = { FERRY_TYPE_F32, FERRY_TYPE_F16, FERRY_TYPE_BF16, FERRY_TYPE_Q8_0,
@@ -248,10 +257,7 @@ static void test_determinism(void) {
     unlink(a);
     unlink(b);
     unlink(c);
-    /* nothing left behind under a temporary name */
-    char part[600];
-    snprintf(part, sizeof part, "%s.gen-part", a);
-    CHECK(access(part, F_OK) != 0, "no temporary file left");
+    CHECK(count_files() == 0, "no temporary file left");
 }
 
 /* ---- statistics and a forward pass ---------------------------------------- */
@@ -580,7 +586,7 @@ static void check_gpt2_vocab(const struct ferry_gguf *g, int32_t n_vocab, int *n
         bool unused = strncmp(tok.s[i], "<unused_", 8) == 0;
         types_ok &= (uint32_t)i == bos || (uint32_t)i == eos ? ty == 3 : unused ? ty == 5 : ty == 1;
     }
-    CHECK(types_ok, "gpt2: token types 1 / 3 / 5");
+    CHECK(types_ok, "gpt2: token types 1 / 3");
     *n_merges_out = (int)merges.n;
     free_tokens(&tok);
     free_tokens(&merges);
@@ -621,6 +627,7 @@ static void check_llama_vocab(const struct ferry_gguf *g, int32_t n_vocab) {
         if (arr_i32(g, "tokenizer.ggml.token_type", (uint64_t)i) != 1) continue;
         float si;
         memcpy(&si, (const uint8_t *)scores + 4 * i, 4);
+        if (si <= -1e6f) continue; /* a made-up filler word: never merged into */
         const char *s = tok.s[i];
         size_t len = strlen(s);
         bool one_char = len == 1 || strcmp(s, "\xe2\x96\x81") == 0;
@@ -677,7 +684,7 @@ static void expect_refused(struct ferry_gen_params p, const char *why, const cha
     struct ferry_error err = { 0 };
     int rc = ferry_gen_model(&p, path, &err);
     CHECK(rc != FERRY_OK && strstr(err.msg, msg_part) != NULL, "%s refused: rc %d, \"%s\"", why, rc, err.msg);
-    CHECK(access(path, F_OK) != 0, "%s: no file written", why);
+    CHECK(access(path, F_OK) != 0 && count_files() == 0, "%s: no file written", why);
 }
 
 static void test_invalid(void) {

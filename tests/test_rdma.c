@@ -515,13 +515,53 @@ static void test_mtu_mismatch(void) {
     server_stop(&ts);
 }
 
+/* Run with a memlock limit below one connection's 5 MiB and without
+ * CAP_IPC_LOCK: required RDMA fails at once saying what to do; auto says
+ * why in a warning and works over TCP. */
+static void test_memlock(void) {
+    struct test_server ts;
+    if (!server_start(&ts, SERVER_IP, FERRY_TRANSPORT_AUTO)) return;
+    struct ferry_error err;
+    struct ferry_client *c = NULL;
+    double t0 = now_s();
+    int rc = client_open(ts.endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err);
+    CHECK(rc == FERRY_ERR_NOMEM && strstr(err.msg, "memlock") && strstr(err.msg, "ulimit -l"),
+          "required RDMA under a small memlock limit: refused with advice (%s)", err.msg);
+    CHECK(now_s() - t0 < 10, "at once");
+    printf("  %s\n", err.msg);
+    rc = client_open(ts.endpoint, FERRY_TRANSPORT_AUTO, CLIENT_DEV, &c, &err);
+    CHECK(rc == FERRY_OK && strcmp(ferry_client_transport(c, NULL, 0), "tcp") == 0, "auto: TCP, with a warning");
+    if (c) CHECK(big_roundtrip(c, 1 * MIB, 5, NULL, NULL), "and it works");
+    ferry_client_close(c);
+    server_stop(&ts);
+}
+
 int main(int argc, char **argv) {
     self_exe = argv[0];
     ferry_log_set_level(FERRY_LOG_WARN);
     if (argc >= 3 && strcmp(argv[1], "--child-client") == 0) return child_client(argv[2]);
     if (argc >= 2 && strcmp(argv[1], "--child-server") == 0) return child_server();
+    if (argc >= 4 && strcmp(argv[1], "--hold") == 0) { /* an idle RDMA client, for CPU measurements */
+        struct ferry_error err;
+        struct ferry_client *c = NULL;
+        if (client_open(argv[2], FERRY_TRANSPORT_RDMA, NULL, &c, &err) != FERRY_OK) {
+            fprintf(stderr, "hold: %s\n", err.msg);
+            return 1;
+        }
+        printf("hold: connected, idle for %s s\n", argv[3]);
+        fflush(stdout);
+        sleep((unsigned)atoi(argv[3]));
+        uint32_t n = 0;
+        int rc = ferry_client_device_count(c, &n, &err);
+        ferry_client_close(c);
+        return rc == FERRY_OK ? 0 : 1;
+    }
     const char *env = getenv("FERRY_TEST_RDMA");
     bool real = env && strcmp(env, "1") == 0;
+    if (argc >= 2 && strcmp(argv[1], "--memlock") == 0) {
+        test_memlock();
+        return test_summary();
+    }
     if (argc >= 2 && strcmp(argv[1], "--mtu-mismatch") == 0) {
         test_mtu_mismatch();
         return test_summary();

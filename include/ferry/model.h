@@ -42,7 +42,7 @@ struct ferry_model_params {
     bool no_hash_cache; /* never probe SET_TENSOR_HASH */
     ferry_model_progress_fn progress;
     void *progress_ud;
-    struct ferry_client_options client; /* zeroed = defaults */
+    struct ferry_client_options client; /* zero fields: the defaults */
 };
 void ferry_model_params_defaults(struct ferry_model_params *p);
 

@@ -134,6 +134,15 @@ static int model_option(const char *cmd, int argc, char **argv, int *i, struct m
     } else if (IS("-b", "--batch-size") || IS("-ub", "--ubatch-size")) {
         if (parse_int(cmd, a, next, 1, 1 << 16, &v)) return -1;
         o->mp.n_batch = (int)v;
+    } else if (!strcmp(a, "--transport")) {
+        if (next && !strcmp(next, "auto"))
+            o->mp.client.transport = FERRY_TRANSPORT_AUTO;
+        else if (next && !strcmp(next, "tcp"))
+            o->mp.client.transport = FERRY_TRANSPORT_TCP;
+        else if (next && !strcmp(next, "rdma"))
+            o->mp.client.transport = FERRY_TRANSPORT_RDMA;
+        else
+            return fprintf(stderr, "ferry %s: --transport auto|tcp|rdma\n", cmd), -1;
     } else if (!strcmp(a, "--no-hash-cache")) {
         o->mp.no_hash_cache = true;
         return 1;
@@ -243,6 +252,7 @@ static void run_usage(FILE *out) {
             "      --top-p P           (default 0.95; 1 = off)\n"
             "  -s, --seed N            sampling seed (default 1)\n"
             "      --ignore-eos        keep generating past end-of-text\n"
+            "      --transport T       auto | tcp | rdma (rdma: required, no fallback)\n"
             "      --no-hash-cache     send every weight, never probe the server's cache\n"
             "      --no-progress       no load progress on stderr\n"
             "      --log-level L       error | warn | info | debug\n");

@@ -359,7 +359,7 @@ int ferry_gen_model(const struct ferry_gen_params *p, const char *path, struct f
     int rc = ferry_gen_params_check(p, err);
     if (rc) return rc;
     char tmp[4096];
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s.gen-part", path) >= sizeof tmp)
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.gen-part.%ld", path, (long)getpid()) >= sizeof tmp)
         return ferry_fail(err, FERRY_ERR_INVALID, "gen: path too long");
     struct plan pl = { 0 };
     struct ferry_gguf_writer *w = ferry_gguf_writer_new();
@@ -401,40 +401,52 @@ static bool rung_fits_type(const struct rung *r, enum ferry_type t) {
     return blk > 0 && r->n_embd % blk == 0 && r->n_ff % blk == 0;
 }
 
+/* Shapes of rung r with n_layer layers (other fields from p). */
+static struct ferry_gen_params rung_params(const struct ferry_gen_params *p, const struct rung *r, int32_t n_layer) {
+    struct ferry_gen_params q = *p;
+    q.n_embd = r->n_embd, q.n_head = r->n_head, q.n_head_kv = r->n_head_kv, q.n_ff = r->n_ff;
+    q.n_vocab = r->n_vocab, q.n_layer = n_layer;
+    return q;
+}
+
+/* Layers (fractional) that bring rung r to the target. */
+static double layers_for(const struct ferry_gen_params *p, const struct rung *r, double target) {
+    struct ferry_gen_params q = rung_params(p, r, 1);
+    const double one = file_bytes(&q);
+    q.n_layer = 2;
+    const double per_layer = file_bytes(&q) - one;
+    return (target - (one - per_layer)) / per_layer;
+}
+
 int ferry_gen_params_for_size(struct ferry_gen_params *p, uint64_t target_bytes, struct ferry_error *err) {
     if (target_bytes < 1000000ull || target_bytes > (64ull << 30))
         return ferry_fail(err, FERRY_ERR_INVALID, "gen: target size %" PRIu64 " bytes is outside 1 MB .. 64 GiB",
                           target_bytes);
-    if (ferry_gen_file_type(p->wtype) < 0) return ferry_gen_params_check(p, err);
-    int smallest = -1;
-    for (int i = 0; i < N_RUNGS && smallest < 0; i++)
-        if (rung_fits_type(&RUNGS[i], p->wtype)) smallest = i;
+    struct ferry_gen_params probe = rung_params(p, &RUNGS[N_RUNGS - 1], 1);
+    int rc = ferry_gen_params_check(&probe, err); /* arch, vocabulary, type */
+    if (rc) return rc;
+    /* the shape whose depth comes closest to its usual depth */
     const double target = (double)target_bytes;
-    for (int i = N_RUNGS - 1; i >= smallest && smallest >= 0; i--) {
-        const struct rung *r = &RUNGS[i];
-        if (!rung_fits_type(r, p->wtype)) continue;
-        struct ferry_gen_params q = *p;
-        q.n_embd = r->n_embd, q.n_head = r->n_head, q.n_head_kv = r->n_head_kv, q.n_ff = r->n_ff;
-        q.n_vocab = r->n_vocab, q.n_layer = 1;
-        const double one = file_bytes(&q);
-        q.n_layer = 2;
-        const double per_layer = file_bytes(&q) - one;
-        const double layers = floor((target - (one - per_layer)) / per_layer + 0.5);
-        const double min_layers = r->n_layer / 2 > 1 ? r->n_layer / 2 : 1;
-        if (layers < min_layers && i > smallest) continue; /* too shallow: a narrower shape fits better */
-        q.n_layer = layers < 1 ? 1 : layers > 4096 ? 4096 : (int32_t)layers;
-        /* absorb the remainder (under half a layer) with the vocabulary */
-        const double base = file_bytes(&q);
-        q.n_vocab++;
-        const double per_token = file_bytes(&q) - base;
-        double vocab = r->n_vocab + floor((target - base) / per_token + 0.5);
-        if (vocab < FERRY_GEN_MIN_VOCAB) vocab = FERRY_GEN_MIN_VOCAB;
-        if (vocab > 2.0 * r->n_vocab) vocab = 2.0 * r->n_vocab;
-        q.n_vocab = (int32_t)vocab;
-        int rc = ferry_gen_params_check(&q, err);
-        if (rc) return rc;
-        *p = q;
-        return FERRY_OK;
+    int best = -1;
+    double best_score = 0, best_layers = 0;
+    for (int i = 0; i < N_RUNGS; i++) {
+        if (!rung_fits_type(&RUNGS[i], p->wtype)) continue;
+        const double layers = layers_for(p, &RUNGS[i], target);
+        const double score = fabs(log(fmax(layers, 0.25) / RUNGS[i].n_layer));
+        if (best < 0 || score < best_score) best = i, best_score = score, best_layers = layers;
     }
-    return ferry_fail(err, FERRY_ERR_INVALID, "gen: no shape fits type %s", ferry_type_name(p->wtype));
+    if (best < 0) return ferry_fail(err, FERRY_ERR_INVALID, "gen: no shape fits type %s", ferry_type_name(p->wtype));
+    const struct rung *r = &RUNGS[best];
+    const double layers = floor(best_layers + 0.5);
+    struct ferry_gen_params q = rung_params(p, r, layers < 1 ? 1 : layers > 4096 ? 4096 : (int32_t)layers);
+    /* absorb the remainder (under half a layer) with the vocabulary size */
+    const double base = file_bytes(&q);
+    q.n_vocab++;
+    const double per_token = file_bytes(&q) - base;
+    double vocab = r->n_vocab + floor((target - base) / per_token + 0.5);
+    vocab = fmin(fmax(vocab, FERRY_GEN_MIN_VOCAB), 2.0 * r->n_vocab);
+    q.n_vocab = (int32_t)vocab;
+    rc = ferry_gen_params_check(&q, err);
+    if (rc == FERRY_OK) *p = q;
+    return rc;
 }

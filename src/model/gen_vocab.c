@@ -3,7 +3,7 @@
  * same way a real tokenizer is trained on a large corpus: split the text
  * into words, start from single symbols, repeatedly merge the most frequent
  * adjacent pair. Training stops when the vocabulary is full or no pair
- * occurs twice; the rest is padded with "<unused_N>" tokens. */
+ * occurs twice; the rest is padded with made-up words (see pad_words). */
 #include "gen_vocab.h"
 
 #include <stdbool.h>
@@ -396,11 +396,25 @@ static bool out_add(struct out *o, char *text, int type, float score) {
     return true;
 }
 
-static bool pad_unused(struct out *o) {
-    for (int k = 0; (int32_t)o->tokens.n < o->n_vocab; k++) {
-        char name[32];
-        snprintf(name, sizeof name, "<unused_%d>", k);
-        if (!out_add(o, str_ndup(name, strlen(name)), TOKEN_UNUSED, 0.0f)) return false;
+/* Fills the vocabulary up with made-up words ("Ġkalo", "▁mesu"): printable,
+ * so text sampled from a random model reads as words rather than as empty
+ * placeholders. Nothing merges into them; decoding is all they are for.
+ * A word that happens to equal a trained token is skipped. */
+static bool pad_words(struct out *o, const char *space, size_t first_trained) {
+    static const char C[] = "bdfgklmnprstvz", V[] = "aeiou";
+    const unsigned nc = sizeof C - 1, nv = sizeof V - 1, syl = nc * nv;
+    for (unsigned k = 0; (int32_t)o->tokens.n < o->n_vocab; k++) {
+        char word[64];
+        size_t n = (size_t)snprintf(word, sizeof word, "%s", space);
+        unsigned x = k, len = k < syl * syl ? 2 : k < syl * syl + syl * syl * syl ? 3 : 4;
+        for (unsigned i = 0; i < len; i++, x /= syl) {
+            word[n++] = C[(x % syl) / nv];
+            word[n++] = V[(x % syl) % nv];
+        }
+        word[n] = 0;
+        bool taken = false;
+        for (size_t i = first_trained; i < o->tokens.n && !taken; i++) taken = !strcmp(o->tokens.v[i], word);
+        if (!taken && !out_add(o, str_ndup(word, n), TOKEN_NORMAL, -1e6f - (float)k)) return false;
     }
     return true;
 }
@@ -420,14 +434,14 @@ static int write_common(struct ferry_gguf_writer *w, const char *model, const st
 }
 
 /* gpt2: 256 byte symbols, merged tokens, <|begin_of_text|>, <|end_of_text|>,
- * then unused padding; merges as "left right" in rank order. */
+ * then made-up words; merges as "left right" in rank order. */
 static int write_gpt2(struct ferry_gguf_writer *w, struct trainer *t, struct out *o) {
     if (!setup_gpt2(t) || !train(t, o->n_vocab - 256 - 2)) return FERRY_ERR_NOMEM;
     for (size_t i = 0; i < t->syms.n; i++)
         if (!out_add(o, str_ndup(t->syms.v[i], strlen(t->syms.v[i])), TOKEN_NORMAL, 0.0f)) return FERRY_ERR_NOMEM;
     uint32_t bos = (uint32_t)o->tokens.n, eos = bos + 1;
     if (!out_add(o, str_ndup("<|begin_of_text|>", 17), TOKEN_CONTROL, 0.0f) ||
-        !out_add(o, str_ndup("<|end_of_text|>", 15), TOKEN_CONTROL, 0.0f) || !pad_unused(o))
+        !out_add(o, str_ndup("<|end_of_text|>", 15), TOKEN_CONTROL, 0.0f) || !pad_words(o, "\xc4\xa0", 256))
         return FERRY_ERR_NOMEM;
     struct strs merges = { 0 };
     int rc = FERRY_OK;
@@ -441,7 +455,7 @@ static int write_gpt2(struct ferry_gguf_writer *w, struct trainer *t, struct out
 }
 
 /* llama: <unk> <s> </s>, <0x00>..<0xFF>, the alphabet, merged pieces, then
- * unused padding. A merged piece scores -(rank of the merge that made it,
+ * made-up words. A merged piece scores -(rank of the merge that made it,
  * from 1), so earlier merges win; alphabet pieces score below every merge. */
 static int write_llama(struct ferry_gguf_writer *w, struct trainer *t, struct out *o) {
     const int budget = o->n_vocab - 3 - 256;
@@ -461,7 +475,7 @@ static int write_llama(struct ferry_gguf_writer *w, struct trainer *t, struct ou
         while (rank < t->n_merges && t->merge_out[rank] != (int)id) rank++;
         ok = out_add(o, str_ndup(t->syms.v[id], strlen(t->syms.v[id])), TOKEN_NORMAL, -(float)(rank + 1));
     }
-    if (!ok || !pad_unused(o)) return FERRY_ERR_NOMEM;
+    if (!ok || !pad_words(o, "\xe2\x96\x81", 3 + 256)) return FERRY_ERR_NOMEM;
     int rc = write_common(w, "llama", o, 1, 2);
     if (!rc) rc = ferry_gguf_writer_add_u32(w, "tokenizer.ggml.unknown_token_id", 0);
     if (!rc) rc = ferry_gguf_writer_add_arr(w, "tokenizer.ggml.scores", FERRY_GGUF_F32, o->scores, o->tokens.n);

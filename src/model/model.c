@@ -318,9 +318,16 @@ void ferry_model_free(struct ferry_model *m) {
 
 static int connect_servers(struct ferry_model *m, float *split, struct ferry_error *err) {
     const struct ferry_model_params *p = &m->params;
-    const struct ferry_client_options *opts = NULL;
-    struct ferry_client_options zero = { 0 };
-    if (memcmp(&p->client, &zero, sizeof zero)) opts = &p->client;
+    /* the caller's non-zero fields over the defaults */
+    struct ferry_client_options o;
+    ferry_client_options_defaults(&o);
+    if (p->client.connect_timeout_ms) o.connect_timeout_ms = p->client.connect_timeout_ms;
+    if (p->client.response_timeout_ms) o.response_timeout_ms = p->client.response_timeout_ms;
+    if (p->client.frame_timeout_ms) o.frame_timeout_ms = p->client.frame_timeout_ms;
+    if (p->client.transport) o.transport = p->client.transport;
+    if (p->client.rdma_dev) o.rdma_dev = p->client.rdma_dev;
+    if (p->client.rdma_ip) o.rdma_ip = p->client.rdma_ip;
+    const struct ferry_client_options *opts = &o;
     bool given = false;
     for (int i = 0; i < p->n_rpc; i++) given |= p->tensor_split[i] > 0;
     for (int i = 0; i < p->n_rpc; i++) {
@@ -580,7 +587,8 @@ void ferry_model_node_info(const struct ferry_model *m, int i, struct ferry_mode
     if (i < 0 || i >= m->n_stages) return;
     const struct stage *st = &m->stages[i];
     snprintf(o->name, sizeof o->name, "%s", st->name);
-    snprintf(o->transport, sizeof o->transport, "%s", st->client ? "tcp" : "local");
+    snprintf(o->transport, sizeof o->transport, "%s",
+             st->client ? ferry_client_transport(st->client, NULL, 0) : "local");
     o->layer_first = st->sw.layer_first;
     o->layer_count = st->sw.layer_count;
     o->embed = st->sw.embed;
