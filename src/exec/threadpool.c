@@ -1,9 +1,12 @@
 #include "threadpool.h"
 
+#include <limits.h>
+#include <linux/futex.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 struct worker {
     struct ferry_threadpool *pool;
@@ -24,9 +27,11 @@ struct ferry_threadpool {
     ferry_job_fn fn;
     void *arg;
 
-    /* sense-reversing barrier */
+    /* sense-reversing barrier; waiters that stopped spinning sleep on
+     * barrier_sense with a futex, counted in barrier_sleepers */
     atomic_int barrier_count;
     atomic_int barrier_sense;
+    atomic_int barrier_sleepers;
 };
 
 static inline void cpu_relax(void) {
@@ -35,22 +40,38 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+static void futex_wait(atomic_int *addr, int expected) {
+    syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+}
+
+static void futex_wake_all(atomic_int *addr) {
+    syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Spin while the wait is likely short (a node's work split evenly); then
+ * sleep, so that on a busy machine a waiting thread hands its core to the
+ * one everybody waits for instead of burning the time slice it needs. */
+#define BARRIER_SPINS 2048
+
 void ferry_threadpool_barrier(struct ferry_threadpool *pool) {
     if (pool->n_threads == 1) return;
     int sense = atomic_load_explicit(&pool->barrier_sense, memory_order_relaxed);
     if (atomic_fetch_add_explicit(&pool->barrier_count, 1, memory_order_acq_rel) ==
         pool->n_threads - 1) {
         atomic_store_explicit(&pool->barrier_count, 0, memory_order_relaxed);
-        atomic_store_explicit(&pool->barrier_sense, !sense, memory_order_release);
+        atomic_store(&pool->barrier_sense, !sense); /* seq_cst: ordered before the load below */
+        if (atomic_load(&pool->barrier_sleepers) > 0) futex_wake_all(&pool->barrier_sense);
         return;
     }
-    for (unsigned spins = 0;
-         atomic_load_explicit(&pool->barrier_sense, memory_order_acquire) == sense; spins++) {
-        /* spin while the wait is likely short; yield once it is not, so an
-         * oversubscribed machine still makes progress */
-        if (spins < 20000) cpu_relax();
-        else sched_yield();
+    for (unsigned spins = 0; spins < BARRIER_SPINS; spins++) {
+        if (atomic_load_explicit(&pool->barrier_sense, memory_order_acquire) != sense) return;
+        cpu_relax();
     }
+    /* Registered before re-checking: either the last thread sees a sleeper
+     * and wakes, or this thread sees the flipped sense (both seq_cst). */
+    atomic_fetch_add(&pool->barrier_sleepers, 1);
+    while (atomic_load(&pool->barrier_sense) == sense) futex_wait(&pool->barrier_sense, sense);
+    atomic_fetch_sub(&pool->barrier_sleepers, 1);
 }
 
 static void *worker_main(void *p) {
@@ -87,6 +108,7 @@ struct ferry_threadpool *ferry_threadpool_create(int n_threads) {
     pthread_cond_init(&pool->done, NULL);
     atomic_init(&pool->barrier_count, 0);
     atomic_init(&pool->barrier_sense, 0);
+    atomic_init(&pool->barrier_sleepers, 0);
     if (n_threads > 1) {
         pool->workers = calloc((size_t)n_threads - 1, sizeof *pool->workers);
         if (!pool->workers) goto fail;
