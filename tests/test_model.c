@@ -47,9 +47,10 @@ static void *serve(void *arg) {
     return NULL;
 }
 
-static bool server_start(struct test_server *ts, int port) {
+static bool server_start_as(struct test_server *ts, int port, bool like_ggml) {
     struct ferry_server_config cfg;
     ferry_server_config_defaults(&cfg);
+    cfg.no_ferry_ext = like_ggml; /* answers exactly as ggml's rpc-server would */
     cfg.port = port;
     cfg.n_threads = 1;
     cfg.mem_limit = 512 * MIB;
@@ -61,6 +62,8 @@ static bool server_start(struct test_server *ts, int port) {
     pthread_create(&ts->thread, NULL, serve, ts->s);
     return true;
 }
+
+static bool server_start(struct test_server *ts, int port) { return server_start_as(ts, port, false); }
 
 static void server_stop(struct test_server *ts) {
     ferry_server_stop(ts->s);
@@ -426,7 +429,7 @@ static void test_split(void) {
     char path[128];
     if (!gen("split.gguf", "qwen3", FERRY_TYPE_Q8_0, false, 4, path, sizeof path)) return;
     struct test_server s1, s2;
-    if (!server_start(&s1, 0) || !server_start(&s2, 0)) return;
+    if (!server_start(&s1, 0) || !server_start_as(&s2, 0, true)) return;
     const char *both[2] = { s1.endpoint, s2.endpoint };
     struct ferry_error err = { 0 };
     struct run local, one, two, part, uneven;
