@@ -135,6 +135,11 @@ static void test_no_device(void) {
         CHECK(strcmp(ferry_client_transport(c, NULL, 0), "tcp") == 0, "auto falls back to tcp");
         uint32_t n = 0;
         CHECK(ferry_client_device_count(c, &n, &err) == FERRY_OK && n == 1, "a command works over the fallback");
+        struct ferry_client_conn_stats cs;
+        CHECK(ferry_client_conn_stats(c, &cs) && cs.msgs_sent >= 2 && cs.bytes_out > 0 && cs.sends_posted == 0 &&
+                  cs.recvs_posted == 0 && cs.writes_posted == 0 && cs.reads_posted == 0 && cs.completions == 0 &&
+                  cs.cq_sleeps == 0,
+              "connection stats over tcp: %" PRIu64 " messages out, no verbs work", cs.msgs_sent);
         ferry_client_close(c);
     }
     double t0 = now_s();
@@ -283,6 +288,119 @@ static void test_big(struct test_server *ts) {
     CHECK(big_roundtrip(c, 256 * 1024 + 1, 8, NULL, NULL), "a payload one byte over a chunk");
     CHECK(big_roundtrip(c, 100, 9, NULL, NULL), "a small (inline) payload");
     ferry_client_close(c);
+}
+
+/* ---- figures: verbs work and CPU copies of one 64 MiB transfer ---------------------- */
+
+/* The server's counters, as its per-connection summary line logs them. */
+struct verbs_figures {
+    uint64_t sends, recvs, writes, reads, completions, sleeps, copies;
+};
+
+static bool parse_summary(const char *text, struct verbs_figures *f) {
+    const char *p = strstr(text, "; rdma: ");
+    return p && sscanf(p, "; rdma: %" SCNu64 " sends, %" SCNu64 " recvs, %" SCNu64 " writes, %" SCNu64
+                          " reads posted, %" SCNu64 " completions, %" SCNu64 " cq sleeps, %" SCNu64
+                          " bytes copied",
+                       &f->sends, &f->recvs, &f->writes, &f->reads, &f->completions, &f->sleeps,
+                       &f->copies) == 7;
+}
+
+/* One connection that moves 64 MiB one way (SET_TENSOR, or GET_TENSOR of a
+ * fresh buffer), so the server's summary on close covers that transfer
+ * (plus HELLO, ALLOC_BUFFER, FREE_BUFFER and its initial receive ring).
+ * The client's figures are the transfer alone. The server's log is caught
+ * from stderr while the connection lives, then written back. */
+static void figures_transfer(struct test_server *ts, bool set) {
+    const char *what = set ? "SET_TENSOR" : "GET_TENSOR";
+    const uint64_t n = 64 * MIB, chunks = n / (256 * 1024);
+    struct ferry_server_stats st;
+    double t0 = now_s();
+    do { /* earlier connections gone, so the one summary caught is this one's */
+        ferry_server_get_stats(ts->s, &st);
+        if (st.conns_open == 0) break;
+        usleep(20000);
+    } while (now_s() - t0 < 30);
+    if (!CHECK(st.conns_open == 0, "%s: no other connection open", what)) return;
+    fflush(stderr);
+    FILE *cap = tmpfile();
+    int saved = dup(2);
+    if (!CHECK(cap && saved >= 0 && dup2(fileno(cap), 2) >= 0, "catch stderr")) {
+        if (cap) fclose(cap);
+        if (saved >= 0) close(saved);
+        return;
+    }
+    struct ferry_error err;
+    struct ferry_client *c = NULL;
+    struct ferry_client_conn_stats c0 = { 0 }, c1 = { 0 };
+    bool ok = false;
+    uint8_t *data = malloc(n);
+    if (client_open(ts->endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err) == FERRY_OK && data) {
+        struct ferry_remote_buffer buf;
+        if (ferry_client_alloc_buffer(c, 0, n, &buf, &err) == FERRY_OK) {
+            struct ferry_tensor t;
+            int64_t ne[1] = { (int64_t)n };
+            ferry_tensor_init(&t, FERRY_TYPE_I8, 1, ne, NULL);
+            ferry_remote_tensor_place(&t, &buf, 0, &err);
+            fill(data, n, set ? 21 : 22);
+            ferry_client_conn_stats(c, &c0);
+            int rc = set ? ferry_client_set_tensor(c, &t, 0, data, n, &err)
+                         : ferry_client_get_tensor(c, &t, 0, data, n, &err);
+            ferry_client_conn_stats(c, &c1);
+            ok = rc == FERRY_OK;
+            ferry_client_free_buffer(c, &buf, &err);
+        }
+    }
+    ferry_client_close(c);
+    free(data);
+    t0 = now_s();
+    do { /* the summary is logged before the server counts the connection gone */
+        ferry_server_get_stats(ts->s, &st);
+        if (st.conns_open == 0) break;
+        usleep(20000);
+    } while (now_s() - t0 < 30);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    char text[16384] = "";
+    rewind(cap);
+    size_t got = fread(text, 1, sizeof text - 1, cap);
+    text[got] = 0;
+    fclose(cap);
+    fputs(text, stderr); /* the server's lines stay in the log */
+    if (!CHECK(ok, "%s of 64 MiB for the figures: %s", what, err.msg)) return;
+    struct verbs_figures sv = { 0 };
+    if (!CHECK(parse_summary(text, &sv), "the server's summary carries the rdma counters")) return;
+    struct verbs_figures cl = { c1.sends_posted - c0.sends_posted, c1.recvs_posted - c0.recvs_posted,
+                                c1.writes_posted - c0.writes_posted, c1.reads_posted - c0.reads_posted,
+                                c1.completions - c0.completions,     c1.cq_sleeps - c0.cq_sleeps,
+                                c1.copies - c0.copies };
+    /* the data side: at least one SEND per 256 KiB chunk, each copied
+     * through a bounce buffer; the other side one receive per chunk */
+    const struct verbs_figures *tx = set ? &cl : &sv, *rx = set ? &sv : &cl;
+    CHECK(tx->sends >= chunks && tx->copies >= n, "%s: sender posted %" PRIu64 " SENDs (>= %" PRIu64
+          "), copied %" PRIu64 " bytes (>= 64 MiB)", what, tx->sends, chunks, tx->copies);
+    CHECK(rx->recvs >= chunks && rx->completions >= chunks && rx->copies >= n,
+          "%s: receiver re-posted %" PRIu64 " receives, reaped %" PRIu64 " completions (>= %" PRIu64
+          "), copied %" PRIu64 " bytes",
+          what, rx->recvs, rx->completions, chunks, rx->copies);
+    CHECK(cl.writes == 0 && cl.reads == 0 && sv.writes == 0 && sv.reads == 0,
+          "%s: no RDMA WRITE/READ in ggml-compatible mode", what);
+    CHECK(set ? cl.copies < n + n / 64 : sv.copies < n + n / 64, "%s: one copy of the data on the sending side",
+          what);
+    printf("figures: %s 64 MiB: client (this transfer): %" PRIu64 " sends, %" PRIu64 " recvs, %" PRIu64
+           " writes, %" PRIu64 " reads posted, %" PRIu64 " completions, %" PRIu64 " cq sleeps, %" PRIu64
+           " bytes copied | server (whole connection): %" PRIu64 " sends, %" PRIu64 " recvs, %" PRIu64
+           " writes, %" PRIu64 " reads posted, %" PRIu64 " completions, %" PRIu64 " cq sleeps, %" PRIu64
+           " bytes copied\n",
+           what, cl.sends, cl.recvs, cl.writes, cl.reads, cl.completions, cl.sleeps, cl.copies, sv.sends, sv.recvs,
+           sv.writes, sv.reads, sv.completions, sv.sleeps, sv.copies);
+    fflush(stdout);
+}
+
+static void test_figures(struct test_server *ts) {
+    figures_transfer(ts, true);
+    figures_transfer(ts, false);
 }
 
 struct worker {
@@ -584,6 +702,8 @@ int main(int argc, char **argv) {
     printf("  [%.1f s] every command\n", now_s() - t0);
     test_big(&ts);
     printf("  [%.1f s] 64 MiB\n", now_s() - t0);
+    test_figures(&ts);
+    printf("  [%.1f s] figures\n", now_s() - t0);
     test_several(&ts);
     printf("  [%.1f s] several\n", now_s() - t0);
     test_bad_caps(&ts);

@@ -106,6 +106,17 @@ bool ferry_client_is_broken(struct ferry_client *c);
 const char *ferry_client_transport(struct ferry_client *c, char *line, size_t cap);
 const char *ferry_client_endpoint(const struct ferry_client *c);
 void ferry_client_get_stats(struct ferry_client *c, struct ferry_client_stats *out);
+/* What the current connection's transport did since it opened (counters
+ * restart with a reconnect). copies: bytes the transport memcpy'd (RDMA
+ * bounce buffers; 0 for TCP payloads). The verbs counters are 0 on TCP. */
+struct ferry_client_conn_stats {
+    uint64_t msgs_sent, msgs_recv, bytes_out, bytes_in;
+    uint64_t syscalls, copies, waits;
+    uint64_t sends_posted, recvs_posted, writes_posted, reads_posted;
+    uint64_t completions, cq_sleeps;
+};
+/* False, with *out zeroed, when the connection is down. */
+bool ferry_client_conn_stats(struct ferry_client *c, struct ferry_client_conn_stats *out);
 
 /* ---- ferry's extension (docs/protocol-extensions.md) ----------------------- */
 

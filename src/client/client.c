@@ -224,6 +224,26 @@ void ferry_client_get_stats(struct ferry_client *c, struct ferry_client_stats *o
     pthread_mutex_unlock(&c->lock);
 }
 
+bool ferry_client_conn_stats(struct ferry_client *c, struct ferry_client_conn_stats *out) {
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&c->lock);
+    bool up = c->conn != NULL;
+    if (up) {
+        const struct ferry_conn_stats *s = ferry_conn_stats(c->conn);
+        *out = (struct ferry_client_conn_stats){
+            .msgs_sent = s->msgs_sent,         .msgs_recv = s->msgs_recv,
+            .bytes_out = s->bytes_out,         .bytes_in = s->bytes_in,
+            .syscalls = s->syscalls,           .copies = s->copies,
+            .waits = s->waits,                 .sends_posted = s->sends_posted,
+            .recvs_posted = s->recvs_posted,   .writes_posted = s->writes_posted,
+            .reads_posted = s->reads_posted,   .completions = s->completions,
+            .cq_sleeps = s->cq_sleeps,
+        };
+    }
+    pthread_mutex_unlock(&c->lock);
+    return up;
+}
+
 /* ---- ferry's extension -------------------------------------------------------- */
 
 bool ferry_client_server_is_ferry(struct ferry_client *c) {

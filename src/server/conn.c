@@ -429,6 +429,8 @@ void *server_conn_main(void *arg) {
     pthread_mutex_lock(&s->conns_lock);
     sc->closing = true; /* stop will not touch the socket any more */
     pthread_mutex_unlock(&s->conns_lock);
+    struct ferry_conn_stats cs = *ferry_conn_stats(sc->conn); /* for the summary */
+    bool rdma = strcmp(ferry_conn_transport(sc->conn), "rdma") == 0;
     ferry_conn_close(sc->conn);
     sc->conn = NULL;
 
@@ -440,11 +442,18 @@ void *server_conn_main(void *arg) {
 
     double secs = (double)(server_now_ns() - t0) / 1e9;
     const char *why = clean ? "client closed" : stopped ? "server stopping" : err.msg;
+    char verbs[256] = "";
+    if (rdma)
+        snprintf(verbs, sizeof verbs,
+                 "; rdma: %" PRIu64 " sends, %" PRIu64 " recvs, %" PRIu64 " writes, %" PRIu64
+                 " reads posted, %" PRIu64 " completions, %" PRIu64 " cq sleeps, %" PRIu64 " bytes copied",
+                 cs.sends_posted, cs.recvs_posted, cs.writes_posted, cs.reads_posted, cs.completions,
+                 cs.cq_sleeps, cs.copies);
     ferry_log(clean || stopped ? FERRY_LOG_INFO : FERRY_LOG_WARN,
               "closed %s (%s): %" PRIu64 " commands, %" PRIu64 " bytes in, %" PRIu64
-              " bytes out, %" PRIu64 " graphs in %.1f ms, %zu buffers (%" PRIu64 " bytes) freed, %.2f s",
+              " bytes out, %" PRIu64 " graphs in %.1f ms, %zu buffers (%" PRIu64 " bytes) freed, %.2f s%s",
               peer, why, st.commands, st.counted_in, st.counted_out, st.graphs,
-              (double)st.compute_ns / 1e6, n_buffers, freed, secs);
+              (double)st.compute_ns / 1e6, n_buffers, freed, secs, verbs);
 
     atomic_fetch_sub(&s->conns_open, 1);
     pthread_mutex_lock(&s->conns_lock);

@@ -358,6 +358,7 @@ static int post_recv(struct rdma_conn *r, unsigned slot, struct ferry_error *err
     struct ibv_recv_wr wr = { .wr_id = slot, .sg_list = &sge, .num_sge = 1 }, *bad = NULL;
     int e = ibv_post_recv(r->qp, &wr, &bad);
     if (e) return ferry_fail(err, FERRY_ERR_IO, "%s: ibv_post_recv: %s", r->base.name, strerror(e));
+    r->base.stats.recvs_posted++;
     return FERRY_OK;
 }
 
@@ -549,6 +550,7 @@ static int reap(struct rdma_conn *r, struct ferry_error *err) {
     for (;;) {
         int n = ibv_poll_cq(r->cq, 16, wc);
         if (n < 0) return ferry_fail(err, FERRY_ERR_IO, "%s: ibv_poll_cq failed", r->base.name);
+        r->base.stats.completions += (uint64_t)n;
         for (int i = 0; i < n; i++) {
             if (wc[i].status != IBV_WC_SUCCESS) {
                 r->broken = true;
@@ -606,6 +608,7 @@ static int progress(struct rdma_conn *r, int64_t deadline, struct ferry_error *e
         struct pollfd p[2] = { { .fd = r->ch->fd, .events = POLLIN },
                                { .fd = r->base.fd, .events = POLLIN | POLLRDHUP } };
         r->base.stats.waits++;
+        r->base.stats.cq_sleeps++;
         r->base.stats.syscalls++;
         int pr = poll(p, 2, timeout);
         if (pr < 0 && errno != EINTR)
@@ -645,6 +648,7 @@ static int post_send(struct rdma_conn *r, const void *p, uint32_t len, uint32_t 
     int e = ibv_post_send(r->qp, &wr, &bad);
     if (e) return ferry_fail(err, FERRY_ERR_IO, "%s: ibv_post_send: %s", r->base.name, strerror(e));
     r->sq_inflight++;
+    r->base.stats.sends_posted++;
     r->base.stats.syscalls++; /* a doorbell, counted like a send call */
     return FERRY_OK;
 }

@@ -76,6 +76,16 @@ struct ferry_conn_stats {
     uint64_t syscalls;   /* send/recv/poll calls made for data */
     uint64_t copies;     /* bytes memcpy'd by the transport */
     uint64_t waits;      /* times the transport slept (poll) */
+    /* RDMA verbs work (all 0 for TCP, and for RDMA before the switch):
+     * work requests posted by kind, completions reaped, and sleeps on the
+     * completion channel (also counted in waits). recvs_posted includes
+     * the receive ring posted at setup, not only re-posts. */
+    uint64_t sends_posted;  /* SEND work requests (inline ones included) */
+    uint64_t recvs_posted;  /* receive work requests */
+    uint64_t writes_posted; /* RDMA WRITE (with or without immediate) */
+    uint64_t reads_posted;  /* RDMA READ */
+    uint64_t completions;   /* work completions polled from the CQ */
+    uint64_t cq_sleeps;     /* sleeps on the completion channel */
 };
 
 struct ferry_conn;
