@@ -24,19 +24,6 @@
 
 /* ---- servers ----------------------------------------------------------------------- */
 
-struct test_server {
-    struct ferry_server *s;
-    pthread_t thread;
-    int port;
-    char endpoint[32];
-};
-
-static void *serve(void *arg) {
-    struct ferry_error err;
-    ferry_server_run(arg, &err);
-    return NULL;
-}
-
 static bool server_start(struct test_server *ts, int port, const char *cache_dir) {
     struct ferry_server_config cfg;
     ferry_server_config_defaults(&cfg);
@@ -46,20 +33,7 @@ static bool server_start(struct test_server *ts, int port, const char *cache_dir
     cfg.max_payload = 64 * MIB;
     cfg.cache_dir = cache_dir;
     cfg.cache_max_bytes = 64 * MIB;
-    struct ferry_error err;
-    if (!CHECK(ferry_server_create(&cfg, &ts->s, &err) == FERRY_OK, "server on port %d: %s", port, err.msg))
-        return false;
-    ts->port = ferry_server_port(ts->s);
-    snprintf(ts->endpoint, sizeof ts->endpoint, "127.0.0.1:%d", ts->port);
-    pthread_create(&ts->thread, NULL, serve, ts->s);
-    return true;
-}
-
-static void server_stop(struct test_server *ts) {
-    ferry_server_stop(ts->s);
-    pthread_join(ts->thread, NULL);
-    ferry_server_destroy(ts->s);
-    ts->s = NULL;
+    return test_server_start(ts, &cfg);
 }
 
 static struct ferry_client *open_client(const char *endpoint) {
@@ -447,7 +421,7 @@ static void test_failures(const char *cache_dir) {
     if (!server_start(&ts, 0, cache_dir)) return;
     int port = ts.port;
     if (!(c = open_client(ts.endpoint))) {
-        server_stop(&ts);
+        test_server_stop(&ts);
         return;
     }
     /* w is 12 MiB: uploaded through the hash probe, cached by the server */
@@ -470,7 +444,7 @@ static void test_failures(const char *cache_dir) {
     pthread_t th;
     pthread_create(&th, NULL, get_loop, &g);
     usleep(30 * 1000);
-    server_stop(&ts);
+    test_server_stop(&ts);
     pthread_join(th, NULL);
     free(dst);
     CHECK(g.rc == FERRY_ERR_CLOSED || g.rc == FERRY_ERR_IO, "stopped under a GET_TENSOR loop: an error after %d gets (%s)",
@@ -507,7 +481,7 @@ static void test_failures(const char *cache_dir) {
     ferry_client_memset_tensor(c, &m.w, 0, 4, 0, &err);
     CHECK(ferry_client_restore(c, &restored, &missing, &err) == FERRY_OK && restored == 0 && missing == 0,
           "overwritten uploads are forgotten");
-    server_stop(&ts);
+    test_server_stop(&ts);
 out:
     ferry_client_close(c);
     model_free(&m);
@@ -526,9 +500,9 @@ int main(int argc, char **argv) {
             test_calls(&a);
             test_graph(&a);
             test_concurrency(&a, &b);
-            server_stop(&b);
+            test_server_stop(&b);
         }
-        server_stop(&a);
+        test_server_stop(&a);
     }
     test_failures(dir);
     test_bad_peers();

@@ -34,19 +34,6 @@ static char g_dir[64];
 
 /* ---- servers ------------------------------------------------------------------------ */
 
-struct test_server {
-    struct ferry_server *s;
-    pthread_t thread;
-    int port;
-    char endpoint[32];
-};
-
-static void *serve(void *arg) {
-    struct ferry_error err;
-    ferry_server_run(arg, &err);
-    return NULL;
-}
-
 static bool server_start_as(struct test_server *ts, int port, bool like_ggml) {
     struct ferry_server_config cfg;
     ferry_server_config_defaults(&cfg);
@@ -54,23 +41,10 @@ static bool server_start_as(struct test_server *ts, int port, bool like_ggml) {
     cfg.port = port;
     cfg.n_threads = 1;
     cfg.mem_limit = 512 * MIB;
-    struct ferry_error err;
-    if (!CHECK(ferry_server_create(&cfg, &ts->s, &err) == FERRY_OK, "server on port %d: %s", port, err.msg))
-        return false;
-    ts->port = ferry_server_port(ts->s);
-    snprintf(ts->endpoint, sizeof ts->endpoint, "127.0.0.1:%d", ts->port);
-    pthread_create(&ts->thread, NULL, serve, ts->s);
-    return true;
+    return test_server_start(ts, &cfg);
 }
 
 static bool server_start(struct test_server *ts, int port) { return server_start_as(ts, port, false); }
-
-static void server_stop(struct test_server *ts) {
-    ferry_server_stop(ts->s);
-    pthread_join(ts->thread, NULL);
-    ferry_server_destroy(ts->s);
-    ts->s = NULL;
-}
 
 /* ---- models ------------------------------------------------------------------------- */
 
@@ -495,8 +469,8 @@ static void test_split(void) {
         ferry_model_free(m);
     }
     run_free(&local), run_free(&one), run_free(&two), run_free(&part), run_free(&uneven);
-    server_stop(&s1);
-    server_stop(&s2);
+    test_server_stop(&s1);
+    test_server_stop(&s2);
 }
 
 static void test_server_lost(void) {
@@ -509,7 +483,7 @@ static void test_server_lost(void) {
     struct ferry_error err = { 0 };
     struct ferry_model *m = load(path, ep, 1, NULL, -1, &err);
     if (!CHECK(m != NULL, "load: %s", err.msg)) {
-        server_stop(&s);
+        test_server_stop(&s);
         return;
     }
     struct ferry_model *local = load(path, NULL, 0, NULL, -1, &err);
@@ -520,7 +494,7 @@ static void test_server_lost(void) {
     int32_t *t = tokenize(ferry_model_vocab(m), PROMPT, &n);
     float *logits = malloc(512 * sizeof(float));
     CHECK(ferry_model_decode(m, t, (int)n, logits, &err) == FERRY_OK, "before: %s", err.msg);
-    server_stop(&s); /* the server goes away mid-generation */
+    test_server_stop(&s); /* the server goes away mid-generation */
     int32_t id = 5;
     memset(&err, 0, sizeof err);
     int rc = ferry_model_decode(m, &id, 1, logits, &err);
@@ -539,7 +513,7 @@ static void test_server_lost(void) {
         generate(m, PROMPT, 4, 9, &got);
         same_run(&want, &got, "after reconnect");
         run_free(&got);
-        server_stop(&again);
+        test_server_stop(&again);
     }
     run_free(&want);
     free(t);

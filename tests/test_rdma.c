@@ -47,19 +47,6 @@ static double now_s(void) {
 
 /* ---- servers and clients --------------------------------------------------------- */
 
-struct test_server {
-    struct ferry_server *s;
-    pthread_t thread;
-    int port;
-    char endpoint[48];
-};
-
-static void *serve(void *arg) {
-    struct ferry_error err;
-    ferry_server_run(arg, &err);
-    return NULL;
-}
-
 static bool server_start(struct test_server *ts, const char *host, int transport) {
     struct ferry_server_config cfg;
     ferry_server_config_defaults(&cfg);
@@ -69,21 +56,7 @@ static bool server_start(struct test_server *ts, const char *host, int transport
     cfg.mem_limit = 512 * MIB;
     cfg.max_payload = 256 * MIB;
     cfg.transport = transport;
-    struct ferry_error err;
-    if (!CHECK(ferry_server_create(&cfg, &ts->s, &err) == FERRY_OK, "server on %s (%s): %s", host,
-               ferry_transport_name(transport), err.msg))
-        return false;
-    ts->port = ferry_server_port(ts->s);
-    snprintf(ts->endpoint, sizeof ts->endpoint, "%s:%d", host, ts->port);
-    pthread_create(&ts->thread, NULL, serve, ts->s);
-    return true;
-}
-
-static void server_stop(struct test_server *ts) {
-    ferry_server_stop(ts->s);
-    pthread_join(ts->thread, NULL);
-    ferry_server_destroy(ts->s);
-    ts->s = NULL;
+    return test_server_start(ts, &cfg);
 }
 
 static int client_open(const char *endpoint, int transport, const char *dev, struct ferry_client **c,
@@ -164,7 +137,7 @@ static void test_no_device(void) {
         CHECK(ok && memcmp(rsp + 4, zero, 24) == 0, "RDMA caps answered with zeros: %s", ok ? "" : err.msg);
         rpc_raw_close(raw);
     }
-    server_stop(&ts);
+    test_server_stop(&ts);
 
     struct ferry_server_config cfg;
     ferry_server_config_defaults(&cfg);
@@ -479,7 +452,7 @@ static void test_refusals(struct test_server *rdma_srv) {
         rc = client_open(tcp_srv.endpoint, FERRY_TRANSPORT_AUTO, CLIENT_DEV, &c, &err);
         CHECK(rc == FERRY_OK && strcmp(ferry_client_transport(c, NULL, 0), "tcp") == 0, "auto: TCP with it");
         ferry_client_close(c);
-        server_stop(&tcp_srv);
+        test_server_stop(&tcp_srv);
     }
     /* server requires RDMA, client offers none */
     int rc = client_open(rdma_srv->endpoint, FERRY_TRANSPORT_TCP, NULL, &c, &err);
@@ -630,7 +603,7 @@ static void test_mtu_mismatch(void) {
         CHECK(big_roundtrip(c, 64 * MIB, 11, NULL, NULL), "64 MiB with mismatched link MTUs");
         ferry_client_close(c);
     }
-    server_stop(&ts);
+    test_server_stop(&ts);
 }
 
 /* Run with a memlock limit below one connection's 5 MiB and without
@@ -651,7 +624,7 @@ static void test_memlock(void) {
     CHECK(rc == FERRY_OK && strcmp(ferry_client_transport(c, NULL, 0), "tcp") == 0, "auto: TCP, with a warning");
     if (c) CHECK(big_roundtrip(c, 1 * MIB, 5, NULL, NULL), "and it works");
     ferry_client_close(c);
-    server_stop(&ts);
+    test_server_stop(&ts);
 }
 
 int main(int argc, char **argv) {
@@ -711,6 +684,6 @@ int main(int argc, char **argv) {
     printf("  [%.1f s] refusals\n", now_s() - t0);
     test_client_killed(&ts);
     printf("  [%.1f s] client killed\n", now_s() - t0);
-    server_stop(&ts);
+    test_server_stop(&ts);
     return test_summary();
 }

@@ -144,3 +144,28 @@ void test_remove_dir(const char *dir) {
     }
     rmdir(dir);
 }
+
+static void *test_server_thread(void *arg) {
+    struct ferry_error err;
+    ferry_server_run(arg, &err);
+    return NULL;
+}
+
+bool test_server_start(struct test_server *ts, const struct ferry_server_config *cfg) {
+    const char *host = cfg->host ? cfg->host : "127.0.0.1";
+    struct ferry_error err = { 0 };
+    if (!CHECK(ferry_server_create(cfg, &ts->s, &err) == FERRY_OK, "server on %s port %d: %s", host, cfg->port,
+               err.msg))
+        return false;
+    ts->port = ferry_server_port(ts->s);
+    snprintf(ts->endpoint, sizeof ts->endpoint, "%s:%d", host, ts->port);
+    pthread_create(&ts->thread, NULL, test_server_thread, ts->s);
+    return true;
+}
+
+void test_server_stop(struct test_server *ts) {
+    ferry_server_stop(ts->s);
+    pthread_join(ts->thread, NULL);
+    ferry_server_destroy(ts->s);
+    ts->s = NULL;
+}

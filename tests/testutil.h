@@ -5,8 +5,10 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <pthread.h>
 #include <stdio.h>
 
+#include "ferry/server.h"
 #include "ferry/tensor.h"
 
 extern int test_passed, test_failed;
@@ -32,6 +34,18 @@ void test_tensor_fill_uniform(struct ferry_tensor *t, uint64_t *state, float lo,
 
 /* Removes a flat directory (a test's mkdtemp scratch) and the files in it. */
 void test_remove_dir(const char *dir);
+
+/* An in-process `ferry serve` on a thread of the test. */
+struct test_server {
+    struct ferry_server *s;
+    pthread_t thread;
+    int port;
+    char endpoint[48]; /* "host:port" */
+};
+/* Creates the server from cfg (CHECKed) and starts serving it. */
+bool test_server_start(struct test_server *ts, const struct ferry_server_config *cfg);
+/* Stops it, waits for its thread and destroys it. */
+void test_server_stop(struct test_server *ts);
 
 /* NMSE of b against reference a, as ggml's test-backend-ops computes it;
  * infinities must match in place and are left out of the sums. Returns
