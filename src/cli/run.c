@@ -207,8 +207,13 @@ static int load_model(const char *cmd, struct model_opts *o, struct ferry_model 
     return 0;
 }
 
-static void print_nodes(FILE *out, struct ferry_model *m, int tokens) {
-    for (int i = 0; i < ferry_model_n_nodes(m); i++) {
+/* One line per node: what it holds, its transport, what its weights cost
+ * at load and, when before is given, what each of steps decode steps moved
+ * since that snapshot. */
+static void print_nodes(FILE *out, struct ferry_model *m, const struct ferry_model_node_info *before,
+                        long steps) {
+    int n_nodes = ferry_model_n_nodes(m);
+    for (int i = 0; i < n_nodes && i < FERRY_MODEL_MAX_RPC + 2; i++) {
         struct ferry_model_node_info ni;
         ferry_model_node_info(m, i, &ni);
         char what[96] = "";
@@ -221,11 +226,12 @@ static void print_nodes(FILE *out, struct ferry_model *m, int tokens) {
         fprintf(out, "  %-22s %-6s %-26s weights %8.1f MiB", ni.name, ni.transport, what,
                 (double)ni.weight_bytes / MIB);
         if (strcmp(ni.transport, "local")) {
-            fprintf(out, " (sent %.1f MiB, %u from cache)", (double)ni.uploaded_bytes / MIB, ni.cache_hits);
-            if (tokens > 0)
-                fprintf(out, ", per token %.1f KiB out %.1f KiB in %.1f requests",
-                        (double)ni.bytes_out / 1024.0 / tokens, (double)ni.bytes_in / 1024.0 / tokens,
-                        (double)ni.requests / tokens);
+            fprintf(out, ", sent %.1f MiB at load (%u from cache)", (double)ni.uploaded_bytes / MIB, ni.cache_hits);
+            if (before && steps > 0)
+                fprintf(out, ", per token %.2f KiB out, %.2f KiB in, %.1f requests",
+                        (double)(ni.bytes_out - before[i].bytes_out) / 1024.0 / (double)steps,
+                        (double)(ni.bytes_in - before[i].bytes_in) / 1024.0 / (double)steps,
+                        (double)(ni.requests - before[i].requests) / (double)steps);
         }
         fputc('\n', out);
     }
@@ -418,28 +424,7 @@ int ferry_cli_run(int argc, char **argv) {
             t_gen > 0 && generated > 1 ? (double)(generated - 1) / t_gen : 0.0);
     fprintf(stderr, "nodes (per token: the generation steps):\n");
     /* per-token figures over generation only: subtract what the prompt moved */
-    for (int i = 0; i < n_nodes; i++) {
-        struct ferry_model_node_info ni;
-        ferry_model_node_info(m, i, &ni);
-        char what[96] = "";
-        size_t n = 0;
-        if (ni.embed) n += (size_t)snprintf(what + n, sizeof what - n, "embedding ");
-        if (ni.layer_count)
-            n += (size_t)snprintf(what + n, sizeof what - n, "layers %d-%d ", ni.layer_first,
-                                  ni.layer_first + ni.layer_count - 1);
-        if (ni.output) snprintf(what + n, sizeof what - n, "output");
-        fprintf(stderr, "  %-22s %-6s %-26s %8.1f MiB", ni.name, ni.transport, what, (double)ni.weight_bytes / MIB);
-        long steps = generated > 1 ? generated - 1 : 0;
-        if (strcmp(ni.transport, "local") && i < FERRY_MODEL_MAX_RPC + 2) {
-            fprintf(stderr, ", sent %.1f MiB at load (%u from cache)", (double)ni.uploaded_bytes / MIB, ni.cache_hits);
-            if (steps)
-                fprintf(stderr, ", per token %.2f KiB out, %.2f KiB in, %.1f requests",
-                        (double)(ni.bytes_out - before[i].bytes_out) / 1024.0 / (double)steps,
-                        (double)(ni.bytes_in - before[i].bytes_in) / 1024.0 / (double)steps,
-                        (double)(ni.requests - before[i].requests) / (double)steps);
-        }
-        fputc('\n', stderr);
-    }
+    print_nodes(stderr, m, before, generated > 1 ? generated - 1 : 0);
     status = 0;
 done:
     free(toks);
@@ -578,7 +563,7 @@ int ferry_cli_bench_model(int argc, char **argv) {
         if (n_gen > 0)
             printf("| %s | %.1f MiB | %.1f M | %s | tg%ld | %.2f ± %.2f |\n", model, size_mib,
                    (double)info.n_params / 1e6, backend, n_gen, tg_m, tg_sd);
-        print_nodes(stdout, m, 0);
+        print_nodes(stdout, m, NULL, 0);
     }
     status = 0;
 done:

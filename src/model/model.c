@@ -35,6 +35,7 @@ struct stage {
     const void **weight_src; /* host bytes of each (inside the mapping) */
     struct ferry_remote_buffer wbuf, kvbuf, cbuf;
     void *kv_host, *compute_host;
+    uint64_t kv_bytes; /* the KV cache buffer, both sides */
     size_t compute_size;
     struct gbuild g;
     uint8_t *blob_host; /* remote: the inputs, packed before upload */
@@ -190,6 +191,22 @@ static int collect_weights(struct ferry_model *m, struct stage *st, struct ferry
 
 static uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
+/* Sends weight i of a remote stage (through the hash cache unless the
+ * caller said not to) and counts what it cost. */
+static int send_weight(struct ferry_model *m, struct stage *st, int i, struct ferry_error *err) {
+    struct ferry_tensor *t = &st->weights[i];
+    uint64_t n = ferry_nbytes(t);
+    bool hit = false;
+    int rc = m->params.no_hash_cache ? ferry_client_set_tensor(st->client, t, 0, st->weight_src[i], n, err)
+                                     : ferry_client_upload(st->client, t, 0, st->weight_src[i], n, &hit, err);
+    if (rc) return rc;
+    if (hit)
+        st->cache_hits++;
+    else
+        st->uploaded_bytes += n;
+    return FERRY_OK;
+}
+
 /* Remote stages: one buffer for all weights, each sent once (through the
  * server's hash cache when it is large enough to be cached). */
 static int upload_weights(struct ferry_model *m, struct stage *st, uint64_t align, struct ferry_error *err) {
@@ -204,15 +221,7 @@ static int upload_weights(struct ferry_model *m, struct stage *st, uint64_t alig
         uint64_t n = ferry_nbytes(t);
         off = align_up(off, align);
         rc = ferry_remote_tensor_place(t, &st->wbuf, off, err);
-        bool hit = false;
-        if (!rc && m->params.no_hash_cache)
-            rc = ferry_client_set_tensor(st->client, t, 0, st->weight_src[i], n, err);
-        else if (!rc)
-            rc = ferry_client_upload(st->client, t, 0, st->weight_src[i], n, &hit, err);
-        if (hit)
-            st->cache_hits++;
-        else
-            st->uploaded_bytes += n;
+        if (!rc) rc = send_weight(m, st, i, err);
         off += n;
         done += n;
         if (m->params.progress) m->params.progress(m->params.progress_ud, st->name, done, st->weight_bytes);
@@ -229,6 +238,7 @@ static int setup_kv(struct ferry_model *m, struct stage *st, uint64_t align, str
     struct ferry_tensor proto;
     ferry_tensor_init(&proto, FERRY_TYPE_F16, 2, ne, NULL);
     uint64_t one = align_up(ferry_nbytes(&proto), align), total = one * 2 * (uint64_t)sw->layer_count;
+    st->kv_bytes = total;
     int rc = FERRY_OK;
     if (st->client) {
         rc = ferry_client_alloc_buffer(st->client, 0, total, &st->kvbuf, err);
@@ -529,27 +539,15 @@ int ferry_model_reset(struct ferry_model *m, struct ferry_error *err) {
         struct stage *st = &m->stages[s];
         int rc = FERRY_OK;
         if (st->client && ferry_client_is_broken(st->client)) {
-            uint64_t align = 64;
+            /* buffers come back at the same place_base: the placed weights stay valid */
             rc = ferry_client_reconnect(st->client, err);
-            if (!rc) rc = ferry_client_alignment(st->client, 0, &align, err);
             st->uploaded_bytes = 0;
             st->cache_hits = 0;
-            for (int i = 0; i < st->n_weights && !rc; i++) {
-                bool hit = false;
-                uint64_t n = ferry_nbytes(&st->weights[i]);
-                rc = ferry_client_upload(st->client, &st->weights[i], 0, st->weight_src[i], n, &hit, err);
-                if (hit)
-                    st->cache_hits++;
-                else
-                    st->uploaded_bytes += n;
-            }
+            for (int i = 0; i < st->n_weights && !rc; i++) rc = send_weight(m, st, i, err);
         }
         if (!rc && st->client && st->sw.layer_count) rc = ferry_client_buffer_clear(st->client, &st->kvbuf, 0, err);
-        if (!rc && st->kv_host) {
-            /* cells beyond n_past are masked; clearing keeps stale values out of sight anyway */
-            int64_t ne = (int64_t)m->hp.n_head_kv * m->hp.head_dim;
-            memset(st->kv_host, 0, (size_t)ne * 2 * (size_t)m->n_ctx * 2 * (size_t)st->sw.layer_count);
-        }
+        /* cells beyond n_past are masked; clearing keeps stale values out of sight anyway */
+        if (!rc && st->kv_host) memset(st->kv_host, 0, st->kv_bytes);
         if (rc) return rc;
     }
     m->n_past = 0;
