@@ -47,6 +47,8 @@ if [ "${1:-}" = --in-guest ]; then
     stamp() { awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}'; }
     echo "== [guest $(stamp) s] test_rdma"
     "$dir/tests/test_rdma" || rc=1
+    echo "== [guest $(stamp) s] test_rdma_ggml"
+    FERRY_RDMA_DEV=rxe0 "$dir/tests/test_rdma_ggml" || rc=1
     echo "== [guest $(stamp) s] test_rdma --memlock (ulimit -l 4096, no CAP_IPC_LOCK)"
     ( ulimit -l 4096
       exec setpriv --inh-caps -ipc_lock --bounding-set -ipc_lock "$dir/tests/test_rdma" --memlock ) || rc=1
@@ -57,8 +59,8 @@ if [ "${1:-}" = --in-guest ]; then
     exit $rc
 fi
 
-what=--in-guest targets=(test_rdma)
-if [ "${1:-}" = --bench ]; then what=--bench-in-guest targets=(test_rdma ferry-cli); fi
+what=--in-guest targets=(test_rdma test_rdma_ggml)
+if [ "${1:-}" = --bench ]; then what=--bench-in-guest targets=(test_rdma test_rdma_ggml ferry-cli); fi
 bash scripts/deps.sh
 cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_WERROR=ON -DFERRY_RDMA=ON >/dev/null
 ninja -C "$dir" "${targets[@]}"

@@ -47,9 +47,12 @@ static double now_s(void) {
 
 /* ---- servers and clients --------------------------------------------------------- */
 
-static bool server_start(struct test_server *ts, const char *host, int transport) {
+/* ggml: the server plays a ggml one (no HELLO extension), so the
+ * connection uses ggml's RDMA framing. */
+static bool server_start_as(struct test_server *ts, const char *host, int transport, bool ggml) {
     struct ferry_server_config cfg;
     ferry_server_config_defaults(&cfg);
+    cfg.no_ferry_ext = ggml;
     cfg.host = host;
     cfg.port = 0;
     cfg.n_threads = 1;
@@ -57,6 +60,10 @@ static bool server_start(struct test_server *ts, const char *host, int transport
     cfg.max_payload = 256 * MIB;
     cfg.transport = transport;
     return test_server_start(ts, &cfg);
+}
+
+static bool server_start(struct test_server *ts, const char *host, int transport) {
+    return server_start_as(ts, host, transport, false);
 }
 
 static int client_open(const char *endpoint, int transport, const char *dev, struct ferry_client **c,
@@ -261,22 +268,55 @@ static void test_big(struct test_server *ts) {
     CHECK(big_roundtrip(c, 256 * 1024 + 1, 8, NULL, NULL), "a payload one byte over a chunk");
     CHECK(big_roundtrip(c, 100, 9, NULL, NULL), "a small (inline) payload");
     ferry_client_close(c);
+
+    /* ferry framing with RDMA WRITE off (both ends of this process read the
+     * variable): 16 MiB each way as SENDs, 64 of them on a ring of 16, so
+     * credits must come back in credit messages while data flows */
+    setenv("FERRY_RDMA_WRITE_MIN", "1099511627776", 1);
+    if (CHECK(client_open(ts->endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err) == FERRY_OK, "connect: %s",
+              err.msg)) {
+        struct ferry_client_conn_stats s0, s1;
+        ferry_client_conn_stats(c, &s0);
+        CHECK(big_roundtrip(c, 16 * MIB, 10, NULL, NULL), "16 MiB by SENDs under credits");
+        ferry_client_conn_stats(c, &s1);
+        CHECK(s1.writes_posted == s0.writes_posted && s1.credit_msgs > s0.credit_msgs,
+              "no WRITE, and the client returned credits while receiving (%" PRIu64 " credit messages, %" PRIu64
+              " waits for credits)",
+              s1.credit_msgs - s0.credit_msgs, s1.credit_waits - s0.credit_waits);
+        ferry_client_close(c);
+    }
+    /* WRITE offered for a payload whose destination is not registered (a
+     * server buffer under 1 MiB): the server answers "send it", and GET's
+     * sink goes unused */
+    setenv("FERRY_RDMA_WRITE_MIN", "65536", 1);
+    if (CHECK(client_open(ts->endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err) == FERRY_OK, "connect: %s",
+              err.msg)) {
+        struct ferry_client_conn_stats s0, s1;
+        ferry_client_conn_stats(c, &s0);
+        CHECK(big_roundtrip(c, 600 * 1024 + 3, 11, NULL, NULL), "600 KiB offered by WRITE, sent by SEND");
+        ferry_client_conn_stats(c, &s1);
+        CHECK(s1.writes_posted == s0.writes_posted && s1.mr_regs > s0.mr_regs,
+              "the client registered its memory (%" PRIu64 " times) but wrote nothing", s1.mr_regs - s0.mr_regs);
+        ferry_client_close(c);
+    }
+    unsetenv("FERRY_RDMA_WRITE_MIN");
 }
 
 /* ---- figures: verbs work and CPU copies of one 64 MiB transfer ---------------------- */
 
 /* The server's counters, as its per-connection summary line logs them. */
 struct verbs_figures {
-    uint64_t sends, recvs, writes, reads, completions, sleeps, copies;
+    uint64_t sends, recvs, writes, reads, completions, sleeps, copies, credit_msgs, credit_waits, written;
 };
 
 static bool parse_summary(const char *text, struct verbs_figures *f) {
     const char *p = strstr(text, "; rdma: ");
     return p && sscanf(p, "; rdma: %" SCNu64 " sends, %" SCNu64 " recvs, %" SCNu64 " writes, %" SCNu64
                           " reads posted, %" SCNu64 " completions, %" SCNu64 " cq sleeps, %" SCNu64
-                          " bytes copied",
+                          " bytes copied, %" SCNu64 " credit messages, %" SCNu64 " credit waits, %" SCNu64
+                          " bytes written",
                        &f->sends, &f->recvs, &f->writes, &f->reads, &f->completions, &f->sleeps,
-                       &f->copies) == 7;
+                       &f->copies, &f->credit_msgs, &f->credit_waits, &f->written) == 10;
 }
 
 /* One connection that moves 64 MiB one way (SET_TENSOR, or GET_TENSOR of a
@@ -284,8 +324,9 @@ static bool parse_summary(const char *text, struct verbs_figures *f) {
  * (plus HELLO, ALLOC_BUFFER, FREE_BUFFER and its initial receive ring).
  * The client's figures are the transfer alone. The server's log is caught
  * from stderr while the connection lives, then written back. */
-static void figures_transfer(struct test_server *ts, bool set) {
-    const char *what = set ? "SET_TENSOR" : "GET_TENSOR";
+static void figures_transfer(struct test_server *ts, bool set, bool ggml) {
+    const char *what = set ? (ggml ? "ggml framing: SET_TENSOR" : "ferry framing: SET_TENSOR")
+                           : (ggml ? "ggml framing: GET_TENSOR" : "ferry framing: GET_TENSOR");
     const uint64_t n = 64 * MIB, chunks = n / (256 * 1024);
     struct ferry_server_stats st;
     double t0 = now_s();
@@ -347,33 +388,54 @@ static void figures_transfer(struct test_server *ts, bool set) {
     struct verbs_figures cl = { c1.sends_posted - c0.sends_posted, c1.recvs_posted - c0.recvs_posted,
                                 c1.writes_posted - c0.writes_posted, c1.reads_posted - c0.reads_posted,
                                 c1.completions - c0.completions,     c1.cq_sleeps - c0.cq_sleeps,
-                                c1.copies - c0.copies };
-    /* the data side: at least one SEND per 256 KiB chunk, each copied
-     * through a bounce buffer; the other side one receive per chunk */
+                                c1.copies - c0.copies,               c1.credit_msgs - c0.credit_msgs,
+                                c1.credit_waits - c0.credit_waits,   c1.write_bytes - c0.write_bytes };
     const struct verbs_figures *tx = set ? &cl : &sv, *rx = set ? &sv : &cl;
-    CHECK(tx->sends >= chunks && tx->copies >= n, "%s: sender posted %" PRIu64 " SENDs (>= %" PRIu64
-          "), copied %" PRIu64 " bytes (>= 64 MiB)", what, tx->sends, chunks, tx->copies);
-    CHECK(rx->recvs >= chunks && rx->completions >= chunks && rx->copies >= n,
-          "%s: receiver re-posted %" PRIu64 " receives, reaped %" PRIu64 " completions (>= %" PRIu64
-          "), copied %" PRIu64 " bytes",
-          what, rx->recvs, rx->completions, chunks, rx->copies);
-    CHECK(cl.writes == 0 && cl.reads == 0 && sv.writes == 0 && sv.reads == 0,
-          "%s: no RDMA WRITE/READ in ggml-compatible mode", what);
-    CHECK(set ? cl.copies < n + n / 64 : sv.copies < n + n / 64, "%s: one copy of the data on the sending side",
-          what);
+    if (ggml) {
+        /* the data side: at least one SEND per 256 KiB chunk, each copied
+         * through a bounce buffer; the other side one receive per chunk */
+        CHECK(tx->sends >= chunks && tx->copies >= n, "%s: sender posted %" PRIu64 " SENDs (>= %" PRIu64
+              "), copied %" PRIu64 " bytes (>= 64 MiB)", what, tx->sends, chunks, tx->copies);
+        CHECK(rx->recvs >= chunks && rx->completions >= chunks && rx->copies >= n,
+              "%s: receiver re-posted %" PRIu64 " receives, reaped %" PRIu64 " completions (>= %" PRIu64
+              "), copied %" PRIu64 " bytes",
+              what, rx->recvs, rx->completions, chunks, rx->copies);
+        CHECK(cl.writes == 0 && cl.reads == 0 && sv.writes == 0 && sv.reads == 0,
+              "%s: no RDMA WRITE/READ in ggml-compatible mode", what);
+        CHECK(set ? cl.copies < n + n / 64 : sv.copies < n + n / 64, "%s: one copy of the data on the sending side",
+              what);
+    } else {
+        /* the data moves by RDMA WRITE between the caller's memory and the
+         * server's registered buffer: a handful of work requests, and no
+         * CPU copy of it on either side */
+        CHECK(tx->writes >= 1 && tx->written == n, "%s: the sender wrote the 64 MiB by RDMA WRITE (%" PRIu64
+              " WRITEs, %" PRIu64 " bytes)", what, tx->writes, tx->written);
+        CHECK(cl.copies < 64 * 1024 && sv.copies < 64 * 1024,
+              "%s: no bounce copies (client %" PRIu64 ", server %" PRIu64 " bytes copied)", what, cl.copies,
+              sv.copies);
+        CHECK(cl.sends + sv.sends < 64, "%s: a handful of SENDs (client %" PRIu64 ", server %" PRIu64 ")", what,
+              cl.sends, sv.sends);
+    }
     printf("figures: %s 64 MiB: client (this transfer): %" PRIu64 " sends, %" PRIu64 " recvs, %" PRIu64
            " writes, %" PRIu64 " reads posted, %" PRIu64 " completions, %" PRIu64 " cq sleeps, %" PRIu64
-           " bytes copied | server (whole connection): %" PRIu64 " sends, %" PRIu64 " recvs, %" PRIu64
+           " bytes copied, %" PRIu64 " bytes written, %" PRIu64 " credit messages, %" PRIu64
+           " credit waits | server (whole connection): %" PRIu64 " sends, %" PRIu64 " recvs, %" PRIu64
            " writes, %" PRIu64 " reads posted, %" PRIu64 " completions, %" PRIu64 " cq sleeps, %" PRIu64
-           " bytes copied\n",
-           what, cl.sends, cl.recvs, cl.writes, cl.reads, cl.completions, cl.sleeps, cl.copies, sv.sends, sv.recvs,
-           sv.writes, sv.reads, sv.completions, sv.sleeps, sv.copies);
+           " bytes copied, %" PRIu64 " bytes written, %" PRIu64 " credit messages, %" PRIu64 " credit waits\n",
+           what, cl.sends, cl.recvs, cl.writes, cl.reads, cl.completions, cl.sleeps, cl.copies, cl.written,
+           cl.credit_msgs, cl.credit_waits, sv.sends, sv.recvs, sv.writes, sv.reads, sv.completions, sv.sleeps,
+           sv.copies, sv.written, sv.credit_msgs, sv.credit_waits);
     fflush(stdout);
 }
 
 static void test_figures(struct test_server *ts) {
-    figures_transfer(ts, true);
-    figures_transfer(ts, false);
+    figures_transfer(ts, true, false);
+    figures_transfer(ts, false, false);
+    struct test_server g;
+    if (!CHECK(server_start_as(&g, SERVER_IP, FERRY_TRANSPORT_RDMA, true), "a server in ggml's framing")) return;
+    figures_transfer(&g, true, true);
+    figures_transfer(&g, false, true);
+    test_server_stop(&g);
 }
 
 struct worker {

@@ -342,7 +342,7 @@ static void test_listener(void) {
         CHECK(ferry_conn_local_caps(cl[0], caps, sizeof caps, &n, &err) == FERRY_OK && n == 0,
               "tcp offers no capability bytes");
         CHECK(ferry_conn_peer_caps(cl[0], caps, sizeof caps, &err) == FERRY_OK, "peer_caps");
-        CHECK(ferry_conn_confirm(cl[0], &err) == FERRY_OK, "confirm");
+        CHECK(ferry_conn_confirm(cl[0], false, &err) == FERRY_OK, "confirm");
     }
     for (int i = 0; i < 4; i++) {
         ferry_conn_close(cl[i]);

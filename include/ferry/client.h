@@ -114,6 +114,9 @@ struct ferry_client_conn_stats {
     uint64_t syscalls, copies, waits;
     uint64_t sends_posted, recvs_posted, writes_posted, reads_posted;
     uint64_t completions, cq_sleeps;
+    /* ferry-to-ferry RDMA: credit-only messages, waits for credits, memory
+     * registrations for one transfer, bytes moved by RDMA WRITE */
+    uint64_t credit_msgs, credit_waits, mr_regs, write_bytes;
 };
 /* False, with *out zeroed, when the connection is down. */
 bool ferry_client_conn_stats(struct ferry_client *c, struct ferry_client_conn_stats *out);

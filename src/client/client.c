@@ -58,6 +58,10 @@ int client_call(struct ferry_client *c, uint8_t cmd, const struct iovec *payload
     ferry_rpc_put_u64(len_bytes, len);
     /* two header parts, as ggml reads them; TCP coalesces all into one write */
     struct iovec hdr[2] = { { &cmd_byte, 1 }, { len_bytes, 8 } };
+    /* a large answer of known size (GET_TENSOR) may be written by the
+     * server straight into rsp (RDMA between ferry peers) */
+    if (rsp_len > 0 && (rc = ferry_conn_offer_sink(c->conn, rsp, (size_t)rsp_len, err)))
+        return mark_broken(c, rc, err);
     rc = ferry_conn_send(c->conn, hdr, 2, payload, n_payload, err);
     if (rc) return mark_broken(c, rc, err);
     if (cmd < FERRY_CLIENT_CMD_SLOTS) c->stats.requests[cmd]++; /* not FERRY_STATS */
@@ -113,10 +117,19 @@ static int open_conn(struct ferry_client *c, struct ferry_error *err) {
     if ((rc = ferry_rpc_decode_hello_rsp(rsp, sizeof rsp, &hello, err)) ||
         (rc = ferry_rpc_check_server_version(&hello, err)))
         return mark_broken(c, rc, err);
-    /* the server's caps follow the 4 version bytes */
-    if ((rc = ferry_conn_peer_caps(conn, rsp + 4, FERRY_RPC_CONN_CAPS_SIZE, err)) ||
-        (rc = ferry_conn_confirm(conn, err)))
-        return mark_broken(c, rc, err);
+    /* the server's caps follow the 4 version bytes; a ferry server says in
+     * byte 3 whether its RDMA framing is on offer, or why it refused RDMA */
+    bool ferry_server = (hello.flags & FERRY_RPC_HELLO_FLAG_EXT_STATS) != 0;
+    rc = ferry_conn_peer_caps(conn, rsp + 4, FERRY_RPC_CONN_CAPS_SIZE, err);
+    int why = hello.flags >> FERRY_RPC_HELLO_REFUSAL_SHIFT;
+    if (rc == FERRY_ERR_UNSUPPORTED && ferry_server && why) {
+        char m[sizeof err->msg];
+        snprintf(m, sizeof m, "%s", err->msg);
+        ferry_fail(err, rc, "%s: %s", m, ferry_rdma_refusal_text(why));
+    }
+    if (rc == FERRY_OK)
+        rc = ferry_conn_confirm(conn, ferry_server && (hello.flags & FERRY_RPC_HELLO_FLAG_RDMA_EXT), err);
+    if (rc) return mark_broken(c, rc, err);
     c->hello_flags = hello.flags;
     char line[512];
     ferry_conn_describe(conn, line, sizeof line);
@@ -237,7 +250,9 @@ bool ferry_client_conn_stats(struct ferry_client *c, struct ferry_client_conn_st
             .waits = s->waits,                 .sends_posted = s->sends_posted,
             .recvs_posted = s->recvs_posted,   .writes_posted = s->writes_posted,
             .reads_posted = s->reads_posted,   .completions = s->completions,
-            .cq_sleeps = s->cq_sleeps,
+            .cq_sleeps = s->cq_sleeps,         .credit_msgs = s->credit_msgs,
+            .credit_waits = s->credit_waits,   .mr_regs = s->mr_regs,
+            .write_bytes = s->write_bytes,
         };
     }
     pthread_mutex_unlock(&c->lock);

@@ -62,6 +62,12 @@ enum ferry_rpc_cmd {
  * refused. */
 #define FERRY_RPC_CMD_FERRY_STATS 64
 #define FERRY_RPC_HELLO_FLAG_EXT_STATS 0x01
+/* bit 1: the server's RDMA caps are on offer with ferry's framing too
+ * (the client may send its negotiation record over TCP); bits 4-7, when
+ * the client offered RDMA and the server's caps are zero: why
+ * (FERRY_RDMA_REFUSED_*). */
+#define FERRY_RPC_HELLO_FLAG_RDMA_EXT 0x02
+#define FERRY_RPC_HELLO_REFUSAL_SHIFT 4
 #define FERRY_RPC_FERRY_STATS_RSP_SIZE 48
 
 #define FERRY_RPC_TENSOR_SIZE 296   /* one serialized rpc_tensor */

@@ -23,6 +23,7 @@ struct srv_buffer {
     uint64_t size;
     uint8_t *mem;
     bool mapped; /* mmap'd (large) rather than malloc'd (small) */
+    void *reg;   /* the transport's registration (RDMA WRITE target), or NULL */
 };
 
 struct buffer_table {

@@ -28,6 +28,7 @@ struct conn_state {
     uint64_t commands, compute_ns, graphs;
     uint64_t counted_in, counted_out; /* transport bytes already added to server stats */
     bool hung_up; /* the client closed between requests: the normal end */
+    bool reg_warned; /* a buffer could not be registered for RDMA (said once) */
 };
 
 static void account(struct conn_state *st) {
@@ -73,6 +74,21 @@ static int compute(struct conn_state *st, struct ferry_rpc_graph *g, struct ferr
     return rc;
 }
 
+/* Large buffers are registered with the transport once, here, so RDMA can
+ * WRITE tensor data straight into them (a no-op on TCP and with ggml
+ * peers). Failing that (e.g. the memlock limit) costs only speed: their
+ * payloads then come as SENDs. */
+#define REG_MIN (1u << 20)
+static void register_buffer(struct conn_state *st, struct srv_buffer *b) {
+    if (b->size < REG_MIN) return;
+    struct ferry_error e;
+    if (ferry_conn_reg_mem(st->c, b->mem, (size_t)b->size, &b->reg, &e) != FERRY_OK && !st->reg_warned) {
+        st->reg_warned = true;
+        ferry_log_warn("%s: buffer of %" PRIu64 " bytes not registered for RDMA WRITE (%s); its data goes by SEND",
+                       ferry_conn_peer(st->c), b->size, e.msg);
+    }
+}
+
 static int do_alloc_buffer(struct conn_state *st, const struct ferry_rpc_alloc_buffer *r,
                            struct ferry_error *err) {
     int rc = check_device(r->device, err);
@@ -91,6 +107,7 @@ static int do_alloc_buffer(struct conn_state *st, const struct ferry_rpc_alloc_b
             rsp.remote_ptr = b->handle;
             rsp.remote_size = b->size;
             atomic_fetch_add(&st->s->buffers_open, 1);
+            register_buffer(st, b);
         }
     }
     uint8_t out[16];
@@ -107,6 +124,8 @@ static struct srv_buffer *known_buffer(struct conn_state *st, uint64_t handle, s
 
 static int do_free_buffer(struct conn_state *st, uint64_t handle, struct ferry_error *err) {
     uint64_t size;
+    struct srv_buffer *b = buffers_find(&st->buffers, handle);
+    if (b && b->reg) ferry_conn_unreg_mem(st->c, b->reg);
     if (!buffers_free(&st->buffers, handle, &size))
         return ferry_fail(err, FERRY_ERR_INVALID, "FREE_BUFFER of unknown handle %#llx",
                           (unsigned long long)handle);
@@ -388,12 +407,26 @@ static int hello(struct conn_state *st, struct ferry_error *err) {
     rc = ferry_rpc_decode_request(FERRY_RPC_CMD_HELLO, local, sizeof local, &req, err);
     if (rc) return rc;
     ferry_rpc_hello_rsp_init(&rsp, &req.u.hello);
-    if (!cfg->no_ferry_ext) rsp.flags = FERRY_RPC_HELLO_FLAG_EXT_STATS; /* ggml clients ignore byte 3 */
+    /* byte 3, which ggml clients ignore: ferry's extensions, and when the
+     * client offered RDMA: either that ferry's RDMA framing is on offer, or
+     * why RDMA was refused */
+    bool ext = false;
+    if (!cfg->no_ferry_ext) {
+        rsp.flags = FERRY_RPC_HELLO_FLAG_EXT_STATS;
+        bool client_offers = caps[0] | caps[1] | caps[2] | caps[3];
+        if (rsp.caps.qpn != 0) {
+            rsp.flags |= FERRY_RPC_HELLO_FLAG_RDMA_EXT;
+            ext = true;
+        } else if (client_offers) {
+            int why = cfg->transport == FERRY_TRANSPORT_TCP ? FERRY_RDMA_REFUSED_TCP_ONLY : ferry_conn_rdma_refusal(st->c);
+            rsp.flags |= (uint8_t)(why << FERRY_RPC_HELLO_REFUSAL_SHIFT);
+        }
+    }
     uint8_t out[FERRY_RPC_HELLO_RSP_SIZE];
     ferry_rpc_encode_hello_rsp(&rsp, out);
     rc = respond(st, out, sizeof out, err);
     if (rc) return rc;
-    rc = ferry_conn_confirm(st->c, err);
+    rc = ferry_conn_confirm(st->c, ext, err);
     if (rc) return rc;
     char line[512];
     ferry_conn_describe(st->c, line, sizeof line);
@@ -442,13 +475,15 @@ void *server_conn_main(void *arg) {
 
     double secs = (double)(server_now_ns() - t0) / 1e9;
     const char *why = clean ? "client closed" : stopped ? "server stopping" : err.msg;
-    char verbs[256] = "";
+    char verbs[384] = "";
     if (rdma)
         snprintf(verbs, sizeof verbs,
                  "; rdma: %" PRIu64 " sends, %" PRIu64 " recvs, %" PRIu64 " writes, %" PRIu64
-                 " reads posted, %" PRIu64 " completions, %" PRIu64 " cq sleeps, %" PRIu64 " bytes copied",
+                 " reads posted, %" PRIu64 " completions, %" PRIu64 " cq sleeps, %" PRIu64
+                 " bytes copied, %" PRIu64 " credit messages, %" PRIu64 " credit waits, %" PRIu64
+                 " bytes written",
                  cs.sends_posted, cs.recvs_posted, cs.writes_posted, cs.reads_posted, cs.completions,
-                 cs.cq_sleeps, cs.copies);
+                 cs.cq_sleeps, cs.copies, cs.credit_msgs, cs.credit_waits, cs.write_bytes);
     ferry_log(clean || stopped ? FERRY_LOG_INFO : FERRY_LOG_WARN,
               "closed %s (%s): %" PRIu64 " commands, %" PRIu64 " bytes in, %" PRIu64
               " bytes out, %" PRIu64 " graphs in %.1f ms, %zu buffers (%" PRIu64 " bytes) freed, %.2f s%s",

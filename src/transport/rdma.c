@@ -89,17 +89,7 @@ int ferry_rdma_wrap(struct ferry_conn *tcp, const struct ferry_rdma_options *o,
 #include <infiniband/verbs.h>
 
 #include "transport/net.h"
-
-#define RDMA_CHUNK (256u * 1024) /* largest SEND; each receive buffer */
-#define RX_DEPTH 16              /* receive ring: 4 MiB */
-#define TX_SLOTS 4               /* send bounce buffers: 1 MiB */
-#define SQ_DEPTH 16              /* SENDs in flight (inline ones need no slot) */
-#define CQ_DEPTH (RX_DEPTH + SQ_DEPTH + 4)
-#define INLINE_WANT 256
-#define SEND_TAG (1ull << 32) /* wr_id of a SEND: SEND_TAG | slot (or NO_SLOT) */
-#define NO_SLOT 0xffffu
-#define DEFAULT_SPIN_US 50
-#define DRAIN_MS 1000 /* at close: how long queued SENDs may take to leave */
+#include "transport/rdma_internal.h"
 
 /* Devices the kernel exposes (rdma_rxe, mlx5, ...): sysfs, no library. */
 static int count_sysfs_devices(void) {
@@ -114,53 +104,9 @@ static int count_sysfs_devices(void) {
 }
 
 /* Bytes this process has pinned for RDMA, against RLIMIT_MEMLOCK. */
-static atomic_ullong pinned_bytes;
+static atomic_llong pinned_bytes;
 
-struct rdma_conn {
-    struct ferry_conn base; /* first, so a ferry_conn * is an rdma_conn * */
-    struct ferry_conn *tcp; /* the data path until the switch, then liveness */
-    struct ferry_rdma_options opts;
-    char dev_opt[64], ip_opt[64];
-    bool offered; /* our caps carry a queue pair */
-    bool active;  /* data goes over the queue pair */
-    bool broken;  /* a completion failed: skip the drain at close */
-
-    /* verbs objects, in the order they are made */
-    struct ibv_context *ctx;
-    struct ibv_pd *pd;
-    struct ibv_comp_channel *ch;
-    struct ibv_cq *cq;
-    struct ibv_qp *qp;
-    uint8_t *rx_buf, *tx_buf;
-    struct ibv_mr *rx_mr, *tx_mr;
-    size_t pinned;
-    unsigned unacked_events;
-
-    char dev_name[IBV_SYSFS_NAME_MAX];
-    uint8_t port;
-    int gid_index;
-    union ibv_gid gid;
-    bool roce_v2;
-    enum ibv_mtu port_mtu, mtu;
-    uint32_t max_inline;
-    uint32_t psn;
-
-    uint32_t peer_qpn, peer_psn;
-    union ibv_gid peer_gid;
-
-    /* received messages not yet handed out, in arrival order */
-    uint16_t rx_slot[RX_DEPTH];
-    uint32_t rx_len[RX_DEPTH];
-    unsigned rx_head, rx_count;
-    size_t rx_pos; /* bytes of the head message already handed out */
-
-    bool tx_busy[TX_SLOTS];
-    unsigned tx_next;
-    unsigned sq_inflight;
-    int spin_us;
-
-    char info[400];
-};
+size_t rdma_pinned_add(long long delta) { return (size_t)(atomic_fetch_add(&pinned_bytes, delta) + delta); }
 
 /* ---- helpers ---------------------------------------------------------------- */
 
@@ -171,14 +117,14 @@ static const char *env_first(const char *a, const char *b) {
     return v && *v ? v : NULL;
 }
 
-static int mtu_bytes(enum ibv_mtu m) { return 128 << m; }
+int rdma_mtu_bytes(enum ibv_mtu m) { return 128 << m; }
 
 /* The largest RoCE MTU whose packets (plus RoCE v2's IP/UDP/BTH/RETH/ICRC
  * headers, under 96 bytes) fit an IP MTU. */
 static enum ibv_mtu mtu_for_ip_mtu(int ip_mtu) {
     static const enum ibv_mtu m[] = { IBV_MTU_4096, IBV_MTU_2048, IBV_MTU_1024, IBV_MTU_512 };
     for (int i = 0; i < 4; i++)
-        if (mtu_bytes(m[i]) + 96 <= ip_mtu) return m[i];
+        if (rdma_mtu_bytes(m[i]) + 96 <= ip_mtu) return m[i];
     return IBV_MTU_256;
 }
 
@@ -230,11 +176,11 @@ static bool has_ipc_lock(void) {
     return (eff >> 14) & 1; /* CAP_IPC_LOCK */
 }
 
-static int check_memlock(size_t need, struct ferry_error *err) {
+int rdma_check_memlock(size_t need, struct ferry_error *err) {
     struct rlimit rl;
     if (getrlimit(RLIMIT_MEMLOCK, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return FERRY_OK;
     if (has_ipc_lock()) return FERRY_OK;
-    unsigned long long used = atomic_load(&pinned_bytes);
+    unsigned long long used = (unsigned long long)atomic_load(&pinned_bytes);
     if (used + need <= rl.rlim_cur) return FERRY_OK;
     return ferry_fail(err, FERRY_ERR_NOMEM,
                       "RDMA needs %zu KiB of locked memory per connection (%llu KiB in use), but the "
@@ -353,12 +299,23 @@ static void *pinned_alloc(size_t n) {
     return posix_memalign(&p, 4096, n) == 0 ? p : NULL;
 }
 
-static int post_recv(struct rdma_conn *r, unsigned slot, struct ferry_error *err) {
-    struct ibv_sge sge = { (uintptr_t)(r->rx_buf + (size_t)slot * RDMA_CHUNK), RDMA_CHUNK, r->rx_mr->lkey };
-    struct ibv_recv_wr wr = { .wr_id = slot, .sg_list = &sge, .num_sge = 1 }, *bad = NULL;
-    int e = ibv_post_recv(r->qp, &wr, &bad);
-    if (e) return ferry_fail(err, FERRY_ERR_IO, "%s: ibv_post_recv: %s", r->base.name, strerror(e));
-    r->base.stats.recvs_posted++;
+/* INIT, and the whole receive ring posted: where a new queue pair starts,
+ * and where a reset one starts again. */
+static int to_init(struct rdma_conn *r, struct ferry_error *err) {
+    struct ibv_qp_attr qa = {
+        .qp_state = IBV_QPS_INIT,
+        .pkey_index = 0,
+        .port_num = r->port,
+        .qp_access_flags = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_LOCAL_WRITE,
+    };
+    int e = ibv_modify_qp(r->qp, &qa, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS);
+    if (e) return ferry_fail(err, FERRY_ERR_IO, "%s: queue pair to INIT: %s", r->base.name, strerror(e));
+    r->rx_head = r->rx_count = 0;
+    r->rx_pos = 0;
+    for (unsigned i = 0; i < RX_DEPTH; i++) {
+        int rc = rdma_post_recv(r, i, err);
+        if (rc) return rc;
+    }
     return FERRY_OK;
 }
 
@@ -366,7 +323,7 @@ static int post_recv(struct rdma_conn *r, unsigned slot, struct ferry_error *err
  * posted receive ring: everything but the peer's address. */
 static int create_qp(struct rdma_conn *r, struct ferry_error *err) {
     const char *what;
-    int rc = check_memlock(pin_need(), err);
+    int rc = rdma_check_memlock(pin_need(), err);
     if (rc) return rc;
     if (!(r->pd = ibv_alloc_pd(r->ctx))) { what = "ibv_alloc_pd"; goto fail; }
     if (!(r->ch = ibv_create_comp_channel(r->ctx))) { what = "ibv_create_comp_channel"; goto fail; }
@@ -376,7 +333,7 @@ static int create_qp(struct rdma_conn *r, struct ferry_error *err) {
     struct ibv_qp_init_attr ia = {
         .send_cq = r->cq,
         .recv_cq = r->cq,
-        .cap = { .max_send_wr = SQ_DEPTH, .max_recv_wr = RX_DEPTH, .max_send_sge = 1,
+        .cap = { .max_send_wr = SQ_DEPTH, .max_recv_wr = RX_DEPTH, .max_send_sge = MAX_SGE,
                  .max_recv_sge = 1, .max_inline_data = INLINE_WANT },
         .qp_type = IBV_QPT_RC,
     };
@@ -387,25 +344,14 @@ static int create_qp(struct rdma_conn *r, struct ferry_error *err) {
     r->rx_buf = pinned_alloc((size_t)RX_DEPTH * RDMA_CHUNK);
     r->tx_buf = pinned_alloc((size_t)TX_SLOTS * RDMA_CHUNK);
     if (!r->rx_buf || !r->tx_buf) return ferry_fail(err, FERRY_ERR_NOMEM, "RDMA: out of memory for buffers");
-    r->rx_mr = ibv_reg_mr(r->pd, r->rx_buf, (size_t)RX_DEPTH * RDMA_CHUNK,
-                          IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+    /* the ring only ever receives SENDs: no remote access to it */
+    r->rx_mr = ibv_reg_mr(r->pd, r->rx_buf, (size_t)RX_DEPTH * RDMA_CHUNK, IBV_ACCESS_LOCAL_WRITE);
     if (!r->rx_mr) { what = "ibv_reg_mr (receive ring)"; goto fail; }
     r->tx_mr = ibv_reg_mr(r->pd, r->tx_buf, (size_t)TX_SLOTS * RDMA_CHUNK, IBV_ACCESS_LOCAL_WRITE);
     if (!r->tx_mr) { what = "ibv_reg_mr (send buffers)"; goto fail; }
     r->pinned = pin_need();
-    atomic_fetch_add(&pinned_bytes, r->pinned);
-
-    struct ibv_qp_attr qa = {
-        .qp_state = IBV_QPS_INIT,
-        .pkey_index = 0,
-        .port_num = r->port,
-        .qp_access_flags = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_LOCAL_WRITE,
-    };
-    int e = ibv_modify_qp(r->qp, &qa, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS);
-    if (e) return ferry_fail(err, FERRY_ERR_IO, "%s: queue pair to INIT: %s", r->base.name, strerror(e));
-    for (unsigned i = 0; i < RX_DEPTH; i++)
-        if ((rc = post_recv(r, i, err))) return rc;
-    return FERRY_OK;
+    rdma_pinned_add((long long)r->pinned);
+    return to_init(r, err);
 fail:;
     int saved = errno;
     if (saved == ENOMEM || saved == EAGAIN)
@@ -416,9 +362,10 @@ fail:;
 
 static void destroy_verbs(struct rdma_conn *r) {
     if (r->qp) ibv_destroy_qp(r->qp);
+    rdma_release_regions(r);
     if (r->rx_mr) ibv_dereg_mr(r->rx_mr);
     if (r->tx_mr) ibv_dereg_mr(r->tx_mr);
-    if (r->pinned) atomic_fetch_sub(&pinned_bytes, r->pinned);
+    if (r->pinned) rdma_pinned_add(-(long long)r->pinned);
     if (r->cq) {
         if (r->unacked_events) ibv_ack_cq_events(r->cq, r->unacked_events);
         ibv_destroy_cq(r->cq);
@@ -437,13 +384,15 @@ static void destroy_verbs(struct rdma_conn *r) {
     r->ctx = NULL;
     r->rx_buf = r->tx_buf = NULL;
     r->unacked_events = 0;
+    r->offered = false;
 }
 
-/* The path MTU for ggml-compatible mode, where the peer does not say its
- * own: our port's active MTU, no more than the TCP connection's segments
- * show the path carries, and no more than the peer's link allows when its
- * GID is an address of this host (a same-host peer on another device). A
- * larger MTU on one end is the hang seen with mismatched netdev MTUs. */
+/* The largest path MTU this side can use: our port's active MTU, no more
+ * than the TCP connection's segments show the path carries, and no more
+ * than the peer's link allows when its GID is an address of this host (a
+ * same-host peer on another device). A larger MTU on one end is the hang
+ * seen with mismatched netdev MTUs. ggml peers do not say theirs, so with
+ * them this is the MTU; ferry peers agree on the smaller of two. */
 static enum ibv_mtu choose_mtu(struct rdma_conn *r) {
     enum ibv_mtu m = r->port_mtu;
     int mss = 0;
@@ -477,8 +426,8 @@ static enum ibv_mtu choose_mtu(struct rdma_conn *r) {
 }
 
 /* INIT -> RTR: the peer's queue pair, PSN and GID are known. */
-static int to_rtr(struct rdma_conn *r, struct ferry_error *err) {
-    r->mtu = choose_mtu(r);
+static int to_rtr(struct rdma_conn *r, enum ibv_mtu mtu, struct ferry_error *err) {
+    r->mtu = mtu;
     struct ibv_qp_attr qa = {
         .qp_state = IBV_QPS_RTR,
         .path_mtu = r->mtu,
@@ -502,8 +451,24 @@ static int to_rtr(struct rdma_conn *r, struct ferry_error *err) {
     return FERRY_OK;
 }
 
+static void describe_update(struct rdma_conn *r) {
+    char lg[INET6_ADDRSTRLEN], pg[INET6_ADDRSTRLEN];
+    gid_str(&r->gid, lg, sizeof lg);
+    gid_str(&r->peer_gid, pg, sizeof pg);
+    const char *framing = r->state == ST_FERRY     ? "ferry framing"
+                          : r->state == ST_PENDING ? "framing not yet known"
+                                                   : "ggml framing";
+    int n = snprintf(r->info, sizeof r->info,
+                     "rdma %s: device %s port %u gid[%d] %s (%s) -> %s, qpn %u -> %u, mtu %d, %s", r->base.peer,
+                     r->dev_name, r->port, r->gid_index, lg, r->roce_v2 ? "RoCEv2" : "RoCEv1/IB", pg,
+                     r->qp ? r->qp->qp_num : 0, r->peer_qpn, rdma_mtu_bytes(r->mtu), framing);
+    if (r->state == ST_FERRY && n > 0 && (size_t)n < sizeof r->info)
+        snprintf(r->info + n, sizeof r->info - (size_t)n, " (%u credits, WRITE from %llu KiB)", r->peer_depth,
+                 (unsigned long long)r->write_min / 1024);
+}
+
 /* RTR -> RTS; from here on every byte goes over the queue pair. */
-static int to_rts(struct rdma_conn *r, struct ferry_error *err) {
+static int to_rts(struct rdma_conn *r, enum rdma_state state, struct ferry_error *err) {
     struct ibv_qp_attr qa = {
         .qp_state = IBV_QPS_RTS,
         .timeout = 14,
@@ -516,241 +481,27 @@ static int to_rts(struct rdma_conn *r, struct ferry_error *err) {
                           IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_SQ_PSN |
                               IBV_QP_MAX_QP_RD_ATOMIC);
     if (e) return ferry_fail(err, FERRY_ERR_IO, "%s: queue pair to RTS: %s", r->base.name, strerror(e));
-    char lg[INET6_ADDRSTRLEN], pg[INET6_ADDRSTRLEN];
-    gid_str(&r->gid, lg, sizeof lg);
-    gid_str(&r->peer_gid, pg, sizeof pg);
-    snprintf(r->info, sizeof r->info, "rdma %s: device %s port %u gid[%d] %s (%s) -> %s, qpn %u -> %u, mtu %d",
-             r->base.peer, r->dev_name, r->port, r->gid_index, lg, r->roce_v2 ? "RoCEv2" : "RoCEv1/IB", pg,
-             r->qp->qp_num, r->peer_qpn, mtu_bytes(r->mtu));
+    r->spin_us = DEFAULT_SPIN_US;
+    const char *s = getenv("FERRY_RDMA_SPIN_US");
+    if (s && *s) r->spin_us = atoi(s) < 0 ? 0 : atoi(s);
+    r->send_chunk = RDMA_CHUNK;
+    r->state = state;
     snprintf(r->base.name, sizeof r->base.name, "rdma %s", r->base.peer);
-    r->active = true;
+    describe_update(r);
     return FERRY_OK;
 }
 
-/* ---- completions ---------------------------------------------------------------- */
-
-/* The TCP socket carries nothing after the switch: readable means the peer
- * closed it (or broke the protocol). */
-static int check_liveness(struct rdma_conn *r, struct ferry_error *err) {
-    char b;
-    ssize_t n = recv(r->base.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0) return ferry_fail(err, FERRY_ERR_CLOSED, "%s: peer closed the connection", r->base.name);
-    if (n > 0)
-        return ferry_fail(err, FERRY_ERR_PROTOCOL, "%s: peer sent TCP data after the switch to RDMA",
-                          r->base.name);
-    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return FERRY_OK;
-    return ferry_fail(err, FERRY_ERR_CLOSED, "%s: connection lost: %s", r->base.name, strerror(errno));
-}
-
-/* Reaps what has completed: receives join the ready queue, SENDs free
- * their slot. Returns how many completions it took, or an error. */
-static int reap(struct rdma_conn *r, struct ferry_error *err) {
+/* Back to RESET and up to RTR again with another path MTU (which only the
+ * INIT -> RTR step sets). Nothing has been sent on the queue pair yet; the
+ * reset drops the posted receives, so the ring is posted afresh. */
+static int requalify(struct rdma_conn *r, enum ibv_mtu mtu, struct ferry_error *err) {
+    struct ibv_qp_attr qa = { .qp_state = IBV_QPS_RESET };
+    int e = ibv_modify_qp(r->qp, &qa, IBV_QP_STATE);
+    if (e) return ferry_fail(err, FERRY_ERR_IO, "%s: queue pair to RESET: %s", r->base.name, strerror(e));
     struct ibv_wc wc[16];
-    int total = 0;
-    for (;;) {
-        int n = ibv_poll_cq(r->cq, 16, wc);
-        if (n < 0) return ferry_fail(err, FERRY_ERR_IO, "%s: ibv_poll_cq failed", r->base.name);
-        r->base.stats.completions += (uint64_t)n;
-        for (int i = 0; i < n; i++) {
-            if (wc[i].status != IBV_WC_SUCCESS) {
-                r->broken = true;
-                bool gone = wc[i].status == IBV_WC_RETRY_EXC_ERR || wc[i].status == IBV_WC_RNR_RETRY_EXC_ERR ||
-                            wc[i].status == IBV_WC_WR_FLUSH_ERR;
-                return ferry_fail(err, gone ? FERRY_ERR_CLOSED : FERRY_ERR_IO, "%s: %s failed: %s%s",
-                                  r->base.name, wc[i].wr_id & SEND_TAG ? "send" : "receive",
-                                  ibv_wc_status_str(wc[i].status), gone ? " (the peer is gone)" : "");
-            }
-            if (wc[i].wr_id & SEND_TAG) {
-                unsigned slot = (unsigned)(wc[i].wr_id & 0xffff);
-                if (slot < TX_SLOTS) r->tx_busy[slot] = false;
-                if (r->sq_inflight) r->sq_inflight--;
-            } else {
-                unsigned slot = (unsigned)wc[i].wr_id;
-                if (slot >= RX_DEPTH || r->rx_count >= RX_DEPTH || wc[i].byte_len > RDMA_CHUNK) {
-                    r->broken = true;
-                    return ferry_fail(err, FERRY_ERR_IO, "%s: unexpected receive completion", r->base.name);
-                }
-                unsigned tail = (r->rx_head + r->rx_count) % RX_DEPTH;
-                r->rx_slot[tail] = (uint16_t)slot;
-                r->rx_len[tail] = wc[i].byte_len;
-                r->rx_count++;
-            }
-        }
-        total += n;
-        if (n < 16) return total;
-    }
-}
-
-/* Waits until at least one completion was reaped: spins briefly, then arms
- * the CQ, polls once more and sleeps on the completion channel and the
- * liveness socket, until the deadline (-1: none). */
-static int progress(struct rdma_conn *r, int64_t deadline, struct ferry_error *err) {
-    int n = reap(r, err);
-    if (n != 0) return n < 0 ? n : FERRY_OK;
-    int64_t spin_end = now_us() + r->spin_us;
-    do {
-        for (int i = 0; i < 64; i++) {
-            n = reap(r, err);
-            if (n != 0) return n < 0 ? n : FERRY_OK;
-        }
-    } while (now_us() < spin_end);
-    for (;;) {
-        int e = ibv_req_notify_cq(r->cq, 0);
-        if (e) return ferry_fail(err, FERRY_ERR_IO, "%s: ibv_req_notify_cq: %s", r->base.name, strerror(e));
-        n = reap(r, err);
-        if (n != 0) return n < 0 ? n : FERRY_OK;
-        int timeout = -1;
-        if (deadline >= 0) {
-            int64_t left = deadline - ferry_transport_now_ms();
-            if (left <= 0) return ferry_fail(err, FERRY_ERR_TIMEOUT, "%s: timed out", r->base.name);
-            timeout = left > 1000000 ? 1000000 : (int)left;
-        }
-        struct pollfd p[2] = { { .fd = r->ch->fd, .events = POLLIN },
-                               { .fd = r->base.fd, .events = POLLIN | POLLRDHUP } };
-        r->base.stats.waits++;
-        r->base.stats.cq_sleeps++;
-        r->base.stats.syscalls++;
-        int pr = poll(p, 2, timeout);
-        if (pr < 0 && errno != EINTR)
-            return ferry_fail(err, FERRY_ERR_IO, "%s: poll: %s", r->base.name, strerror(errno));
-        if (pr <= 0) continue;
-        if (p[1].revents) {
-            int rc = check_liveness(r, err);
-            if (rc) {
-                n = reap(r, err); /* what completed before the peer left still counts */
-                if (n > 0) return FERRY_OK;
-                return rc;
-            }
-        }
-        if (p[0].revents & POLLIN) {
-            struct ibv_cq *cq;
-            void *ctx;
-            if (ibv_get_cq_event(r->ch, &cq, &ctx) == 0 && ++r->unacked_events >= 64) {
-                ibv_ack_cq_events(r->cq, r->unacked_events);
-                r->unacked_events = 0;
-            }
-        }
-    }
-}
-
-/* ---- data path -------------------------------------------------------------------- */
-
-static int post_send(struct rdma_conn *r, const void *p, uint32_t len, uint32_t lkey, unsigned slot,
-                     bool inl, struct ferry_error *err) {
-    struct ibv_sge sge = { (uintptr_t)p, len, lkey };
-    struct ibv_send_wr wr = {
-        .wr_id = SEND_TAG | slot,
-        .sg_list = &sge,
-        .num_sge = 1,
-        .opcode = IBV_WR_SEND,
-        .send_flags = IBV_SEND_SIGNALED | (inl ? IBV_SEND_INLINE : 0),
-    }, *bad = NULL;
-    int e = ibv_post_send(r->qp, &wr, &bad);
-    if (e) return ferry_fail(err, FERRY_ERR_IO, "%s: ibv_post_send: %s", r->base.name, strerror(e));
-    r->sq_inflight++;
-    r->base.stats.sends_posted++;
-    r->base.stats.syscalls++; /* a doorbell, counted like a send call */
-    return FERRY_OK;
-}
-
-/* Sends segs[0..n) as one logical piece: SENDs of at most RDMA_CHUNK. A
- * chunk small enough goes inline from the caller's memory, others through
- * a send buffer. */
-static int send_piece(struct rdma_conn *r, const struct iovec *segs, int n, int64_t deadline,
-                      struct ferry_error *err) {
-    int si = 0;
-    size_t off = 0, left = 0;
-    for (int i = 0; i < n; i++) left += segs[i].iov_len;
-    while (left > 0) {
-        while (si < n && off == segs[si].iov_len) si++, off = 0;
-        size_t chunk = left < RDMA_CHUNK ? left : RDMA_CHUNK;
-        int rc;
-        while (r->sq_inflight >= SQ_DEPTH)
-            if ((rc = progress(r, deadline, err))) return rc;
-        if (chunk <= r->max_inline && chunk <= segs[si].iov_len - off) {
-            rc = post_send(r, (const uint8_t *)segs[si].iov_base + off, (uint32_t)chunk, 0, NO_SLOT, true, err);
-            if (rc) return rc;
-            off += chunk;
-        } else {
-            unsigned slot = r->tx_next;
-            while (r->tx_busy[slot])
-                if ((rc = progress(r, deadline, err))) return rc;
-            uint8_t *dst = r->tx_buf + (size_t)slot * RDMA_CHUNK;
-            size_t done = 0;
-            while (done < chunk) {
-                while (off == segs[si].iov_len) si++, off = 0;
-                size_t k = segs[si].iov_len - off;
-                if (k > chunk - done) k = chunk - done;
-                memcpy(dst + done, (const uint8_t *)segs[si].iov_base + off, k);
-                done += k;
-                off += k;
-            }
-            r->base.stats.copies += chunk;
-            r->tx_busy[slot] = true;
-            r->tx_next = (slot + 1) % TX_SLOTS;
-            rc = post_send(r, dst, (uint32_t)chunk, r->tx_mr->lkey, slot, false, err);
-            if (rc) return rc;
-        }
-        left -= chunk;
-    }
-    return FERRY_OK;
-}
-
-static int rdma_send(struct ferry_conn *c, const struct iovec *iov, int n, int hdr_parts, int64_t deadline,
-                     struct ferry_error *err) {
-    struct rdma_conn *r = (struct rdma_conn *)c;
-    if (!r->active) {
-        uint64_t s0 = r->tcp->stats.syscalls;
-        int rc = r->tcp->ops->send(r->tcp, iov, n, hdr_parts, deadline, err);
-        c->stats.syscalls += r->tcp->stats.syscalls - s0;
-        return rc;
-    }
-    int rc;
-    for (int i = 0; i < hdr_parts; i++) /* each header part its own SEND */
-        if ((rc = send_piece(r, &iov[i], 1, deadline, err))) return rc;
-    rc = send_piece(r, iov + hdr_parts, n - hdr_parts, deadline, err);
-    if (rc == FERRY_ERR_TIMEOUT)
-        return ferry_fail(err, rc, "%s: send not complete within %d ms (peer not receiving)", c->name,
-                          c->timeouts.frame_ms);
-    return rc;
-}
-
-static int rdma_recv_some(struct ferry_conn *c, void *buf, size_t len, size_t *got, int64_t deadline,
-                          struct ferry_error *err) {
-    struct rdma_conn *r = (struct rdma_conn *)c;
-    if (!r->active) {
-        uint64_t s0 = r->tcp->stats.syscalls, w0 = r->tcp->stats.waits;
-        int rc = r->tcp->ops->recv_some(r->tcp, buf, len, got, deadline, err);
-        c->stats.syscalls += r->tcp->stats.syscalls - s0;
-        c->stats.waits += r->tcp->stats.waits - w0;
-        return rc;
-    }
-    size_t done = 0;
-    while (done == 0 && len > 0) {
-        while (r->rx_count == 0) {
-            int rc = progress(r, deadline, err);
-            if (rc) return rc;
-        }
-        while (done < len && r->rx_count > 0) {
-            unsigned slot = r->rx_slot[r->rx_head];
-            size_t mlen = r->rx_len[r->rx_head];
-            size_t k = mlen - r->rx_pos;
-            if (k > len - done) k = len - done;
-            memcpy((uint8_t *)buf + done, r->rx_buf + (size_t)slot * RDMA_CHUNK + r->rx_pos, k);
-            r->base.stats.copies += k;
-            done += k;
-            r->rx_pos += k;
-            if (r->rx_pos == mlen) { /* message used up: its buffer takes the next one */
-                r->rx_head = (r->rx_head + 1) % RX_DEPTH;
-                r->rx_count--;
-                r->rx_pos = 0;
-                int rc = post_recv(r, slot, err);
-                if (rc) return rc;
-            }
-        }
-    }
-    *got = done;
-    return FERRY_OK;
+    while (ibv_poll_cq(r->cq, 16, wc) > 0) {} /* flushes of the old ring, if the device made any */
+    int rc = to_init(r, err);
+    return rc ? rc : to_rtr(r, mtu, err);
 }
 
 /* ---- HELLO hooks -------------------------------------------------------------------- */
@@ -792,12 +543,20 @@ static bool required(const struct rdma_conn *r) { return r->opts.mode == FERRY_T
 /* Device, queue pair and buffers; in auto mode a failure only means TCP. */
 static int prepare(struct rdma_conn *r, struct ferry_error *err) {
     char why[200];
-    if (!ferry_rdma_available(why, sizeof why))
+    if (!ferry_rdma_available(why, sizeof why)) {
+        r->refusal = FERRY_RDMA_REFUSED_NO_DEVICE;
         return required(r) ? ferry_fail(err, FERRY_ERR_UNSUPPORTED, "RDMA required, but %s", why)
                            : FERRY_ERR_UNSUPPORTED;
+    }
     int64_t t0 = now_us();
     int rc = open_device(r, err);
-    if (rc == FERRY_OK) rc = create_qp(r, err);
+    if (rc) r->refusal = FERRY_RDMA_REFUSED_NO_GID;
+    if (rc == FERRY_OK && (rc = create_qp(r, err)))
+        r->refusal = rc == FERRY_ERR_NOMEM ? FERRY_RDMA_REFUSED_MEMLOCK : FERRY_RDMA_REFUSED_SETUP;
+    if (rc == FERRY_OK) {
+        struct ibv_port_attr pa;
+        r->max_msg = ibv_query_port(r->ctx, r->port, &pa) == 0 && pa.max_msg_sz ? pa.max_msg_sz : (1u << 20);
+    }
     if (rc) {
         destroy_verbs(r);
         if (required(r)) {
@@ -811,6 +570,7 @@ static int prepare(struct rdma_conn *r, struct ferry_error *err) {
     ferry_log_debug("%s: RDMA queue pair %u on %s port %u gid[%d] ready in %.1f ms", r->base.peer,
                     r->qp->qp_num, r->dev_name, r->port, r->gid_index, (double)(now_us() - t0) / 1e3);
     r->offered = true;
+    r->refusal = FERRY_RDMA_REFUSED_NONE;
     return FERRY_OK;
 }
 
@@ -837,26 +597,21 @@ static int rdma_peer_caps(struct ferry_conn *c, const uint8_t *in, size_t len, s
         if (required(r))
             return ferry_fail(err, FERRY_ERR_UNSUPPORTED,
                               r->opts.server ? "%s: RDMA required, but the client offered none"
-                                             : "%s: RDMA required, but the server did not accept it (no RDMA "
-                                               "device there, or it runs with --transport tcp)",
+                                             : "%s: RDMA required, but the server did not accept it",
                               r->base.peer);
         if (r->offered) destroy_verbs(r); /* stays TCP: free what we made */
-        r->offered = false;
         return FERRY_OK;
     }
-    if (r->opts.server) {
-        rc = prepare(r, err);
-        if (rc) return required(r) ? rc : FERRY_OK;
-    } else if (!r->offered) {
-        return FERRY_OK; /* a server offering to a client that did not: stay TCP */
-    }
+    if (!r->opts.server) return FERRY_OK; /* the client moves on in confirm, once it knows the framing */
+    rc = prepare(r, err);
+    if (rc) return required(r) ? rc : FERRY_OK;
     /* The server reaches RTR before its response leaves, so the client's
      * first SEND always finds a receive posted. */
-    rc = to_rtr(r, err);
+    rc = to_rtr(r, choose_mtu(r), err);
     if (rc) {
         destroy_verbs(r);
-        r->offered = false;
-        if (r->opts.server && !required(r)) {
+        r->refusal = FERRY_RDMA_REFUSED_SETUP;
+        if (!required(r)) {
             ferry_log_warn("%s: RDMA not possible, staying on TCP: %s", r->base.peer, err->msg);
             return FERRY_OK;
         }
@@ -865,24 +620,218 @@ static int rdma_peer_caps(struct ferry_conn *c, const uint8_t *in, size_t len, s
     return FERRY_OK;
 }
 
-static int rdma_confirm(struct ferry_conn *c, struct ferry_error *err) {
+/* ---- the ferry negotiation (over TCP, after HELLO) ------------------------------------- *
+ * 96 bytes each way: "FRDM", version 1, status (0 switch, 1 refuse), pad,
+ * u32 path MTU in bytes, u32 receive ring depth, u32 receive buffer size,
+ * u32 features (bit 0: RDMA WRITE), 72 bytes reason (NUL-terminated). */
+#define REC_SIZE 96
+#define REC_VERSION 1
+#define REC_FEAT_WRITE 1u
+#define REC_TIMEOUT_MS 5000
+
+struct record {
+    uint8_t status;
+    uint32_t mtu, depth, rx_size, features;
+    char reason[72];
+};
+
+static void set_reason(struct record *m, const char *why) {
+    size_t n = strnlen(why, sizeof m->reason - 1);
+    memcpy(m->reason, why, n);
+    m->reason[n] = '\0';
+}
+
+static void rec_put32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint32_t rec_get32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void rec_encode(const struct record *m, uint8_t out[REC_SIZE]) {
+    memset(out, 0, REC_SIZE);
+    memcpy(out, "FRDM", 4);
+    out[4] = REC_VERSION;
+    out[5] = m->status;
+    rec_put32(out + 8, m->mtu);
+    rec_put32(out + 12, m->depth);
+    rec_put32(out + 16, m->rx_size);
+    rec_put32(out + 20, m->features);
+    snprintf((char *)out + 24, 72, "%s", m->reason);
+}
+
+static bool mtu_from_bytes(uint32_t b, enum ibv_mtu *m) {
+    for (enum ibv_mtu i = IBV_MTU_256; i <= IBV_MTU_4096; i++)
+        if ((uint32_t)rdma_mtu_bytes(i) == b) return *m = i, true;
+    return false;
+}
+
+static int rec_decode(struct rdma_conn *r, const uint8_t in[REC_SIZE], struct record *m, struct ferry_error *err) {
+    if (memcmp(in, "FRDM", 4) != 0 || in[4] != REC_VERSION || in[5] > 1)
+        return ferry_fail(err, FERRY_ERR_PROTOCOL, "%s: not a ferry RDMA record (or another version)", r->base.name);
+    m->status = in[5];
+    m->mtu = rec_get32(in + 8);
+    m->depth = rec_get32(in + 12);
+    m->rx_size = rec_get32(in + 16);
+    m->features = rec_get32(in + 20);
+    memcpy(m->reason, in + 24, 72);
+    m->reason[71] = '\0';
+    enum ibv_mtu mtu;
+    if (m->status == 0 && (!mtu_from_bytes(m->mtu, &mtu) || m->depth < 4 || m->depth > 4096 || m->rx_size < 4096))
+        return ferry_fail(err, FERRY_ERR_PROTOCOL, "%s: ferry RDMA record out of range (mtu %u, depth %u, buffer %u)",
+                          r->base.name, m->mtu, m->depth, m->rx_size);
+    return FERRY_OK;
+}
+
+static int rec_send(struct rdma_conn *r, const struct record *m, struct ferry_error *err) {
+    uint8_t b[REC_SIZE];
+    rec_encode(m, b);
+    struct iovec v = { b, sizeof b };
+    return r->tcp->ops->send(r->tcp, &v, 1, 1, ferry_transport_deadline_after(REC_TIMEOUT_MS), err);
+}
+
+static int rec_recv(struct rdma_conn *r, struct record *m, struct ferry_error *err) {
+    uint8_t b[REC_SIZE];
+    size_t have = 0;
+    int64_t deadline = ferry_transport_deadline_after(REC_TIMEOUT_MS);
+    while (have < sizeof b) {
+        size_t got = 0;
+        int rc = r->tcp->ops->recv_some(r->tcp, b + have, sizeof b - have, &got, deadline, err);
+        if (rc) return rc;
+        have += got;
+    }
+    return rec_decode(r, b, m, err);
+}
+
+/* Ours: what this side receives into, and what it proposes. */
+static struct record rec_ours(const struct rdma_conn *r, enum ibv_mtu mtu) {
+    struct record m = { .status = 0, .mtu = (uint32_t)rdma_mtu_bytes(mtu), .depth = RX_DEPTH,
+                        .rx_size = RDMA_CHUNK, .features = REC_FEAT_WRITE };
+    (void)r;
+    return m;
+}
+
+static void enter_ferry(struct rdma_conn *r, const struct record *peer) {
+    r->state = ST_FERRY;
+    r->peer_depth = peer->depth;
+    r->tx_credits = peer->depth;
+    r->rx_unreturned = 0;
+    r->send_chunk = peer->rx_size < RDMA_CHUNK ? peer->rx_size : RDMA_CHUNK;
+    r->write_min = (peer->features & REC_FEAT_WRITE) ? DEFAULT_WRITE_MIN : UINT64_MAX;
+    const char *w = getenv("FERRY_RDMA_WRITE_MIN");
+    if (w && *w && (peer->features & REC_FEAT_WRITE)) r->write_min = strtoull(w, NULL, 0) ? strtoull(w, NULL, 0) : 1;
+    describe_update(r);
+}
+
+/* Both sides stay on TCP: free the verbs objects. */
+static void back_to_tcp(struct rdma_conn *r, int refusal) {
+    destroy_verbs(r);
+    r->state = ST_TCP;
+    r->refusal = refusal;
+    snprintf(r->base.name, sizeof r->base.name, "tcp %s", r->base.peer);
+}
+
+/* Server, in ST_PENDING: the client's record arrived on the TCP socket, so
+ * the client is ferry. Agree on the smaller path MTU (resetting our queue
+ * pair if it must come down), answer, and switch; or stay on TCP together
+ * when either side refuses. */
+int rdma_server_record(struct rdma_conn *r, struct ferry_error *err) {
+    struct record peer;
+    int rc = rec_recv(r, &peer, err);
+    if (rc) {
+        r->broken = true;
+        return rc;
+    }
+    if (peer.status != 0) {
+        ferry_log_warn("%s: the client refused RDMA (%s): staying on TCP", r->base.peer, peer.reason);
+        back_to_tcp(r, FERRY_RDMA_REFUSED_NONE);
+        if (required(r)) return ferry_fail(err, FERRY_ERR_UNSUPPORTED, "%s: RDMA required, but the client refused it: %s", r->base.peer, peer.reason);
+        return FERRY_OK;
+    }
+    enum ibv_mtu want = IBV_MTU_256;
+    mtu_from_bytes(peer.mtu, &want);
+    struct record ours = rec_ours(r, want < r->mtu ? want : r->mtu);
+    if (want < r->mtu) {
+        struct ferry_error e;
+        if (requalify(r, want, &e) || to_rts(r, ST_PENDING, &e)) {
+            ours.status = 1;
+            set_reason(&ours, e.msg);
+        }
+    }
+    if ((rc = rec_send(r, &ours, err))) {
+        r->broken = true;
+        return rc;
+    }
+    if (ours.status != 0) {
+        ferry_log_warn("%s: RDMA refused, staying on TCP: %s", r->base.peer, ours.reason);
+        back_to_tcp(r, FERRY_RDMA_REFUSED_SETUP);
+        return FERRY_OK;
+    }
+    enter_ferry(r, &peer);
+    ferry_log_info("%s: transport %s", r->base.peer, r->info);
+    return FERRY_OK;
+}
+
+/* Client, the server advertised the extension: RTR at the MTU we can do,
+ * tell the server (or refuse, saying why), take its answer (the agreed MTU
+ * and its ring) and only then switch. Nothing is ever sent on the queue
+ * pair before both sides said yes. */
+static int client_negotiate(struct rdma_conn *r, struct ferry_error *err) {
+    enum ibv_mtu mtu = choose_mtu(r);
+    struct ferry_error e;
+    struct record ours = rec_ours(r, mtu);
+    if (to_rtr(r, mtu, &e)) {
+        ours.status = 1;
+        set_reason(&ours, e.msg);
+    }
+    int rc = rec_send(r, &ours, err);
+    if (rc == FERRY_OK && ours.status != 0) {
+        back_to_tcp(r, FERRY_RDMA_REFUSED_SETUP);
+        if (required(r)) return ferry_fail(err, FERRY_ERR_IO, "RDMA required, but: %s", e.msg);
+        ferry_log_warn("%s: RDMA not possible, staying on TCP: %s", r->base.peer, e.msg);
+        return FERRY_OK;
+    }
+    struct record peer;
+    if (rc == FERRY_OK) rc = rec_recv(r, &peer, err);
+    if (rc) return rc;
+    if (peer.status != 0) {
+        back_to_tcp(r, FERRY_RDMA_REFUSED_SETUP);
+        if (required(r))
+            return ferry_fail(err, FERRY_ERR_UNSUPPORTED, "%s: RDMA required, but the server refused it: %s",
+                              r->base.peer, peer.reason);
+        ferry_log_warn("%s: the server refused RDMA (%s): staying on TCP", r->base.peer, peer.reason);
+        return FERRY_OK;
+    }
+    enum ibv_mtu agreed = IBV_MTU_256;
+    mtu_from_bytes(peer.mtu, &agreed);
+    if (agreed > mtu)
+        return ferry_fail(err, FERRY_ERR_PROTOCOL, "%s: server agreed on a path MTU of %u, above our %d",
+                          r->base.peer, peer.mtu, rdma_mtu_bytes(mtu));
+    if (agreed < mtu && (rc = requalify(r, agreed, err))) return rc;
+    if ((rc = to_rts(r, ST_FERRY, err))) return rc;
+    enter_ferry(r, &peer);
+    return FERRY_OK;
+}
+
+static int rdma_confirm(struct ferry_conn *c, bool ext, struct ferry_error *err) {
     struct rdma_conn *r = (struct rdma_conn *)c;
-    if (!r->offered) return FERRY_OK; /* TCP it is */
+    if (!r->offered || (!r->opts.server && r->peer_qpn == 0)) { /* TCP it is */
+        if (r->offered) destroy_verbs(r);
+        return FERRY_OK;
+    }
     if (c->ahead_pos != c->ahead_len)
         return ferry_fail(err, FERRY_ERR_PROTOCOL, "%s: peer sent data before the switch to RDMA", c->name);
-    r->spin_us = DEFAULT_SPIN_US;
-    const char *s = getenv("FERRY_RDMA_SPIN_US");
-    if (s && *s) r->spin_us = atoi(s) < 0 ? 0 : atoi(s);
-    return to_rts(r, err);
+    if (r->opts.server) return to_rts(r, ext ? ST_PENDING : ST_GGML, err);
+    if (ext) return client_negotiate(r, err);
+    int rc = to_rtr(r, choose_mtu(r), err);
+    return rc ? rc : to_rts(r, ST_GGML, err);
 }
+
+static int rdma_refusal(const struct ferry_conn *c) { return ((const struct rdma_conn *)c)->refusal; }
 
 static void rdma_close(struct ferry_conn *c) {
     struct rdma_conn *r = (struct rdma_conn *)c;
-    if (r->active && !r->broken) { /* let queued SENDs leave, briefly */
-        struct ferry_error e;
-        int64_t deadline = ferry_transport_now_ms() + DRAIN_MS;
-        while (r->sq_inflight > 0 && progress(r, deadline, &e) == FERRY_OK) {}
-    }
+    if (r->state != ST_TCP && !r->broken) rdma_drain(r);
     destroy_verbs(r);
     ferry_conn_close(r->tcp);
     free(r);
@@ -890,20 +839,26 @@ static void rdma_close(struct ferry_conn *c) {
 
 static const char *rdma_describe(const struct ferry_conn *c, char *out, size_t cap) {
     const struct rdma_conn *r = (const struct rdma_conn *)c;
+    bool on = r->state != ST_TCP;
     if (out && cap) {
-        if (r->active) snprintf(out, cap, "%s", r->info);
+        if (on) snprintf(out, cap, "%s", r->info);
+        else if (r->refusal) snprintf(out, cap, "tcp %s (RDMA not used: %s)", c->peer, ferry_rdma_refusal_text(r->refusal));
         else snprintf(out, cap, "tcp %s", c->peer);
     }
-    return r->active ? "rdma" : "tcp";
+    return on ? "rdma" : "tcp";
 }
 
 static const struct ferry_conn_ops rdma_ops = {
     .kind = "rdma",
     .send = rdma_send,
     .recv_some = rdma_recv_some,
+    .reg_mem = rdma_reg_mem,
+    .unreg_mem = rdma_unreg_mem,
     .local_caps = rdma_local_caps,
     .peer_caps = rdma_peer_caps,
     .confirm = rdma_confirm,
+    .offer_sink = rdma_offer_sink,
+    .refusal = rdma_refusal,
     .close = rdma_close,
     .describe = rdma_describe,
 };
@@ -959,7 +914,7 @@ int ferry_rdma_list_devices(char *out, size_t cap) {
             if (ibv_query_port(ctx, p, &pa) != 0) continue;
             len += (size_t)snprintf(out + len, len < cap ? cap - len : 0, "%s%s port %u: %s, mtu %d",
                                     count ? "\n" : "", ibv_get_device_name(list[d]), p,
-                                    ibv_port_state_str(pa.state), mtu_bytes(pa.active_mtu));
+                                    ibv_port_state_str(pa.state), rdma_mtu_bytes(pa.active_mtu));
             for (int i = 0; i < pa.gid_tbl_len && i < 64; i++) {
                 struct ibv_gid_entry e;
                 struct in_addr a;

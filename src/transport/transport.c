@@ -193,8 +193,29 @@ int ferry_conn_peer_caps(struct ferry_conn *c, const uint8_t *in, size_t len,
     return c->ops->peer_caps ? c->ops->peer_caps(c, in, len, err) : FERRY_OK;
 }
 
-int ferry_conn_confirm(struct ferry_conn *c, struct ferry_error *err) {
-    return c->ops->confirm ? c->ops->confirm(c, err) : FERRY_OK;
+int ferry_conn_confirm(struct ferry_conn *c, bool ext, struct ferry_error *err) {
+    return c->ops->confirm ? c->ops->confirm(c, ext, err) : FERRY_OK;
+}
+
+int ferry_conn_offer_sink(struct ferry_conn *c, void *dst, size_t len, struct ferry_error *err) {
+    return c->ops->offer_sink ? c->ops->offer_sink(c, dst, len, err) : FERRY_OK;
+}
+
+int ferry_conn_rdma_refusal(const struct ferry_conn *c) {
+    /* a bare TCP connection on a side that wanted RDMA: there was no device */
+    return c->ops->refusal ? c->ops->refusal(c) : FERRY_RDMA_REFUSED_NO_DEVICE;
+}
+
+const char *ferry_rdma_refusal_text(int code) {
+    switch (code) {
+    case FERRY_RDMA_REFUSED_NONE: return "not refused";
+    case FERRY_RDMA_REFUSED_NO_DEVICE: return "it has no RDMA device (or was built without RDMA)";
+    case FERRY_RDMA_REFUSED_TCP_ONLY: return "it runs with --transport tcp";
+    case FERRY_RDMA_REFUSED_MEMLOCK: return "its locked-memory limit is too low (raise it there: ulimit -l)";
+    case FERRY_RDMA_REFUSED_NO_GID: return "no active RDMA port there has a GID for the address it was reached at";
+    case FERRY_RDMA_REFUSED_SETUP: return "setting up its queue pair failed (see the server's log)";
+    default: return "an unknown reason";
+    }
 }
 
 void ferry_conn_close(struct ferry_conn *c) {

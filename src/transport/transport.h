@@ -86,6 +86,14 @@ struct ferry_conn_stats {
     uint64_t reads_posted;  /* RDMA READ */
     uint64_t completions;   /* work completions polled from the CQ */
     uint64_t cq_sleeps;     /* sleeps on the completion channel */
+    /* ferry-to-ferry RDMA only: credit-only messages sent, times a sender
+     * waited for the peer's credits, memory registrations made on the data
+     * path (a caller's range for one transfer) and bytes moved by RDMA WRITE
+     * straight between registered memory (no bounce copy). */
+    uint64_t credit_msgs;
+    uint64_t credit_waits;
+    uint64_t mr_regs;
+    uint64_t write_bytes;
 };
 
 struct ferry_conn;
@@ -118,7 +126,15 @@ struct ferry_conn_ops {
                       struct ferry_error *err);
     int (*peer_caps)(struct ferry_conn *c, const uint8_t *in, size_t len,
                      struct ferry_error *err);
-    int (*confirm)(struct ferry_conn *c, struct ferry_error *err);
+    int (*confirm)(struct ferry_conn *c, bool ext, struct ferry_error *err);
+    /* Optional: the next message received should carry a payload of exactly
+     * len bytes that the caller will read into dst; a transport that can
+     * place it there directly (RDMA WRITE) arranges it with the peer. dst
+     * NULL withdraws the offer. */
+    int (*offer_sink)(struct ferry_conn *c, void *dst, size_t len, struct ferry_error *err);
+    /* Optional: why HELLO did not upgrade (FERRY_RDMA_REFUSED_*), 0 if it did
+     * or nobody asked. */
+    int (*refusal)(const struct ferry_conn *c);
     void (*close)(struct ferry_conn *c); /* releases everything, including c */
     /* Optional: writes a line for logs into out (when given) and returns
      * the data path's kind now ("tcp" before an RDMA upgrade, "rdma" after). */
@@ -176,7 +192,23 @@ int ferry_conn_local_caps(struct ferry_conn *c, uint8_t *out, size_t cap, size_t
                           struct ferry_error *err);
 int ferry_conn_peer_caps(struct ferry_conn *c, const uint8_t *in, size_t len,
                          struct ferry_error *err);
-int ferry_conn_confirm(struct ferry_conn *c, struct ferry_error *err);
+/* ext: client, the server advertised ferry's RDMA extension; server, it
+ * advertised it in its HELLO response (see docs/protocol-extensions.md). */
+int ferry_conn_confirm(struct ferry_conn *c, bool ext, struct ferry_error *err);
+/* See ferry_conn_ops.offer_sink; a no-op for transports without it. */
+int ferry_conn_offer_sink(struct ferry_conn *c, void *dst, size_t len, struct ferry_error *err);
+
+/* Why a side did not take RDMA, as the server tells a ferry client in the
+ * upper bits of the HELLO flag byte (0: not refused, or not asked). */
+#define FERRY_RDMA_REFUSED_NONE 0
+#define FERRY_RDMA_REFUSED_NO_DEVICE 1 /* no RDMA device, or a build without RDMA */
+#define FERRY_RDMA_REFUSED_TCP_ONLY 2  /* --transport tcp */
+#define FERRY_RDMA_REFUSED_MEMLOCK 3   /* locked-memory limit too low */
+#define FERRY_RDMA_REFUSED_NO_GID 4    /* no active port / GID for the address */
+#define FERRY_RDMA_REFUSED_SETUP 5     /* a verbs call failed */
+#define FERRY_RDMA_REFUSED_MAX 15
+int ferry_conn_rdma_refusal(const struct ferry_conn *c);
+const char *ferry_rdma_refusal_text(int code);
 
 /* Closes and frees; NULL is fine. */
 void ferry_conn_close(struct ferry_conn *c);
@@ -247,10 +279,14 @@ int ferry_rdma_list_devices(char *out, size_t cap);
  * Takes ownership of tcp, also on failure. The HELLO hooks:
  *   client: local_caps (probes the device, creates the queue pair; zeros in
  *           auto mode when it cannot), then peer_caps (the server's), then
- *           confirm (RTR, RTS; stays on TCP when either side sent zeros).
+ *           confirm (RTR, RTS; stays on TCP when either side sent zeros);
+ *           with a ferry server (ext) confirm first agrees on the path MTU
+ *           and credits over TCP, and either side may still refuse.
  *   server: peer_caps (the client's: creates the queue pair, posts the
  *           receive ring, RTR, before the response leaves), local_caps,
- *           then confirm after the response is sent (RTS).
+ *           then confirm after the response is sent (RTS). With ext, the
+ *           first thing the client sends tells a ferry client (its record,
+ *           over TCP) from a ggml one (a command, over the queue pair).
  * In required mode every "stay on TCP" above is an error that says why. */
 int ferry_rdma_wrap(struct ferry_conn *tcp, const struct ferry_rdma_options *o,
                     struct ferry_conn **out, struct ferry_error *err);
