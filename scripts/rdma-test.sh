@@ -2,21 +2,26 @@
 # Builds a release tree in build-rdma/ and runs the RDMA suite over a real
 # verbs stack: Soft-RoCE (rdma_rxe) inside a QEMU guest, tools/softroce-vm.
 # Needs root (the harness installs qemu and boots the guest).
-#   scripts/rdma-test.sh              build, boot the guest, run the suite
-#   scripts/rdma-test.sh --bench      ferry bench rpc over RDMA and idle CPU, in the guest
+#   scripts/rdma-test.sh              build, boot the guest, run the suite and the bench
+#   scripts/rdma-test.sh --bench      only ferry bench rpc over RDMA and idle CPU, in the guest
 #   RDMA_TEST_TIMEOUT=SEC             bound on the guest run (default 540)
 # Inside the guest (rxe0 on veth0 198.18.0.1, rxe1 on veth1 198.18.0.2) it
 # runs tests/test_rdma with FERRY_TEST_RDMA=1, then again under a 4 MiB
 # memlock limit without CAP_IPC_LOCK (--memlock), then raises veth0's MTU to
-# 9000 (veth1 keeps 1500) and runs the 64 MiB transfer again.
+# 9000 (veth1 keeps 1500) and runs the 64 MiB transfer again; then the ggml
+# peer test (tests/test_rdma_ggml.c) and `ferry bench rpc` over RDMA with the
+# CPU time of idle and waiting peers. Lines starting "figures:" are the numbers
+# the README and the protocol notes quote.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=build-rdma
 
-# `--bench` (in the guest): ferry serve on rxe1 and `ferry bench rpc` from rxe0 over
-# RDMA, then the CPU time of an idle server and an idle client holding an RDMA connection.
-if [ "${1:-}" = --bench-in-guest ]; then
+# In the guest: ferry serve on rxe1 and `ferry bench rpc` from rxe0 over RDMA, then the CPU
+# time of an idle server and an idle client holding an RDMA connection, and of a client
+# blocked waiting for an answer (the server stopped with SIGSTOP meanwhile).
+bench_in_guest() {
     cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime, in clock ticks
+    ms() { echo $(( ($2 - $1) * 1000 / $(getconf CLK_TCK) )); }
     "$dir/ferry" serve -H 198.18.0.2 -p 50052 --transport rdma --log-level warn &
     spid=$!
     "$dir/ferry" bench net --listen -H 198.18.0.2 -p 50053 &
@@ -31,13 +36,31 @@ if [ "${1:-}" = --bench-in-guest ]; then
     s0=$(cpu $spid) h0=$(cpu $hpid)
     sleep 6
     s1=$(cpu $spid) h1=$(cpu $hpid)
-    tck=$(getconf CLK_TCK)
-    echo "idle over 6 s with an RDMA connection open: server $(( (s1 - s0) * 1000 / tck )) ms CPU," \
-         "client $(( (h1 - h0) * 1000 / tck )) ms CPU"
-    wait $hpid
+    echo "figures: idle over 6 s with an RDMA connection open: server $(ms $s0 $s1) ms CPU," \
+         "client $(ms $h0 $h1) ms CPU"
+    local rc=0
+    wait $hpid || rc=1
+    out=$(mktemp)
+    FERRY_RDMA_DEV=rxe0 "$dir/tests/test_rdma" --hold 198.18.0.2:50052 2 >"$out" &
+    hpid=$!
+    for _ in $(seq 40); do grep -q connected "$out" && break; sleep 0.5; done
+    kill -STOP $spid
+    sleep 4 # the client's request after 2 s now waits for the stopped server
+    h0=$(cpu $hpid)
+    sleep 6
+    h1=$(cpu $hpid)
+    kill -CONT $spid
+    echo "figures: a client blocked 6 s waiting for its answer over RDMA: $(ms $h0 $h1) ms CPU"
+    wait $hpid || rc=1
+    rm -f "$out"
     kill $spid
     wait $spid || true
-    exit 0
+    return $rc
+}
+
+if [ "${1:-}" = --bench-in-guest ]; then
+    bench_in_guest
+    exit
 fi
 
 if [ "${1:-}" = --in-guest ]; then
@@ -52,15 +75,20 @@ if [ "${1:-}" = --in-guest ]; then
     echo "== [guest $(stamp) s] test_rdma --memlock (ulimit -l 4096, no CAP_IPC_LOCK)"
     ( ulimit -l 4096
       exec setpriv --inh-caps -ipc_lock --bounding-set -ipc_lock "$dir/tests/test_rdma" --memlock ) || rc=1
+    echo "== [guest $(stamp) s] test_rdma --partition (rxe0's packets dropped under a transfer, TCP unaffected)"
+    "$dir/tests/test_rdma" --partition || rc=1
     echo "== [guest $(stamp) s] test_rdma --mtu-mismatch (veth0 mtu 9000, veth1 mtu 1500)"
     ip link set dev veth0 mtu 9000
     "$dir/tests/test_rdma" --mtu-mismatch || rc=1
+    ip link set dev veth0 mtu 1500
+    echo "== [guest $(stamp) s] ferry bench rpc over RDMA, idle and blocked CPU"
+    bench_in_guest || rc=1
     echo "== [guest $(stamp) s] done, rc $rc"
     exit $rc
 fi
 
-what=--in-guest targets=(test_rdma test_rdma_ggml)
-if [ "${1:-}" = --bench ]; then what=--bench-in-guest targets=(test_rdma test_rdma_ggml ferry-cli); fi
+what=--in-guest targets=(test_rdma test_rdma_ggml ferry-cli)
+if [ "${1:-}" = --bench ]; then what=--bench-in-guest; fi
 bash scripts/deps.sh
 cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_WERROR=ON -DFERRY_RDMA=ON >/dev/null
 ninja -C "$dir" "${targets[@]}"

@@ -319,6 +319,23 @@ static bool parse_summary(const char *text, struct verbs_figures *f) {
                        &f->copies, &f->credit_msgs, &f->credit_waits, &f->written) == 10;
 }
 
+/* Receiver-not-ready NAKs the guest's two rxe devices received, from their
+ * hardware counters (what `rdma statistic` shows); -1 when unreadable. */
+static long long rnr_naks(void) {
+    long long total = 0;
+    for (int d = 0; d < 2; d++) {
+        char path[128];
+        snprintf(path, sizeof path, "/sys/class/infiniband/rxe%d/ports/1/hw_counters/rcvd_rnr_err", d);
+        FILE *f = fopen(path, "r");
+        long long v = -1;
+        if (f == NULL || fscanf(f, "%lld", &v) != 1) v = -1;
+        if (f) fclose(f);
+        if (v < 0) return -1;
+        total += v;
+    }
+    return total;
+}
+
 /* One connection that moves 64 MiB one way (SET_TENSOR, or GET_TENSOR of a
  * fresh buffer), so the server's summary on close covers that transfer
  * (plus HELLO, ALLOC_BUFFER, FREE_BUFFER and its initial receive ring).
@@ -347,6 +364,7 @@ static void figures_transfer(struct test_server *ts, bool set, bool ggml) {
     struct ferry_error err;
     struct ferry_client *c = NULL;
     struct ferry_client_conn_stats c0 = { 0 }, c1 = { 0 };
+    long long rnr0 = -1, rnr1 = -1;
     bool ok = false;
     uint8_t *data = malloc(n);
     if (client_open(ts->endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err) == FERRY_OK && data) {
@@ -358,8 +376,10 @@ static void figures_transfer(struct test_server *ts, bool set, bool ggml) {
             ferry_remote_tensor_place(&t, &buf, 0, &err);
             fill(data, n, set ? 21 : 22);
             ferry_client_conn_stats(c, &c0);
+            rnr0 = rnr_naks();
             int rc = set ? ferry_client_set_tensor(c, &t, 0, data, n, &err)
                          : ferry_client_get_tensor(c, &t, 0, data, n, &err);
+            rnr1 = rnr_naks();
             ferry_client_conn_stats(c, &c1);
             ok = rc == FERRY_OK;
             ferry_client_free_buffer(c, &buf, &err);
@@ -415,7 +435,10 @@ static void figures_transfer(struct test_server *ts, bool set, bool ggml) {
               sv.copies);
         CHECK(cl.sends + sv.sends < 64, "%s: a handful of SENDs (client %" PRIu64 ", server %" PRIu64 ")", what,
               cl.sends, sv.sends);
+        if (rnr0 >= 0 && rnr1 >= 0)
+            CHECK(rnr1 == rnr0, "%s: no receiver-not-ready NAK (credits): %lld", what, rnr1 - rnr0);
     }
+    if (rnr0 >= 0 && rnr1 >= 0) printf("figures: %s 64 MiB: %lld RNR NAKs\n", what, rnr1 - rnr0);
     printf("figures: %s 64 MiB: client (this transfer): %" PRIu64 " sends, %" PRIu64 " recvs, %" PRIu64
            " writes, %" PRIu64 " reads posted, %" PRIu64 " completions, %" PRIu64 " cq sleeps, %" PRIu64
            " bytes copied, %" PRIu64 " bytes written, %" PRIu64 " credit messages, %" PRIu64
@@ -689,6 +712,54 @@ static void test_memlock(void) {
     test_server_stop(&ts);
 }
 
+/* ---- a partition: the RDMA path fails while TCP (over lo) stays up ------------------ */
+
+/* Only the queue pair can tell: the liveness socket is fine. The sender's
+ * retries run out (timeout 14, retry_cnt 7: seconds), its completion
+ * fails, and the client gets an error; the server drops that connection
+ * and goes on serving. Needs root (tc, ip link). */
+static void test_partition(void) {
+    struct test_server ts;
+    if (!server_start(&ts, SERVER_IP, FERRY_TRANSPORT_RDMA)) return;
+    struct ferry_error err;
+    struct ferry_client *c = NULL;
+    if (CHECK(client_open(ts.endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err) == FERRY_OK, "connect: %s",
+              err.msg)) {
+        CHECK(big_roundtrip(c, 4 * MIB, 31, NULL, NULL), "a transfer before the partition");
+        struct ferry_remote_buffer buf;
+        size_t n = 4 * MIB;
+        uint8_t *p = calloc(1, n);
+        if (CHECK(p && ferry_client_alloc_buffer(c, 0, n, &buf, &err) == FERRY_OK, "alloc: %s", err.msg)) {
+            struct ferry_tensor t;
+            int64_t ne[1] = { (int64_t)n };
+            ferry_tensor_init(&t, FERRY_TYPE_I8, 1, ne, NULL);
+            ferry_remote_tensor_place(&t, &buf, 0, &err);
+            /* every packet rxe0 sends is dropped (netem), as on a cut
+             * cable; without netem, the link goes down instead */
+            bool netem = system("tc qdisc add dev veth0 root netem loss 100% 2>/dev/null") == 0;
+            if (!netem) CHECK(system("ip link set dev veth0 down") == 0, "veth0 down");
+            double t0 = now_s();
+            int rc = ferry_client_set_tensor(c, &t, 0, p, n, &err);
+            if (rc == FERRY_OK) rc = ferry_client_get_tensor(c, &t, 0, p, n, &err);
+            double took = now_s() - t0;
+            CHECK(rc != FERRY_OK && took < 10, "the transfer across the partition fails after %.2f s: %s", took,
+                  rc ? err.msg : "no error");
+            printf("  partition (%s): the client's transfer failed after %.2f s: %s\n",
+                   netem ? "all packets dropped" : "link down", took, rc ? err.msg : "-");
+            CHECK(system(netem ? "tc qdisc del dev veth0 root" : "ip link set dev veth0 up") == 0, "veth0 back");
+        }
+        free(p);
+        ferry_client_close(c);
+    }
+    usleep(500000);
+    if (CHECK(client_open(ts.endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err) == FERRY_OK,
+              "a new client after the partition: %s", err.msg)) {
+        CHECK(big_roundtrip(c, 4 * MIB, 33, NULL, NULL), "the server still serves");
+        ferry_client_close(c);
+    }
+    test_server_stop(&ts);
+}
+
 int main(int argc, char **argv) {
     self_exe = argv[0];
     ferry_log_set_level(FERRY_LOG_WARN);
@@ -713,6 +784,10 @@ int main(int argc, char **argv) {
     bool real = env && strcmp(env, "1") == 0;
     if (argc >= 2 && strcmp(argv[1], "--memlock") == 0) {
         test_memlock();
+        return test_summary();
+    }
+    if (argc >= 2 && strcmp(argv[1], "--partition") == 0) {
+        test_partition();
         return test_summary();
     }
     if (argc >= 2 && strcmp(argv[1], "--mtu-mismatch") == 0) {

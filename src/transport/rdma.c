@@ -467,12 +467,26 @@ static void describe_update(struct rdma_conn *r) {
                  (unsigned long long)r->write_min / 1024);
 }
 
-/* RTR -> RTS; from here on every byte goes over the queue pair. */
+/* The liveness socket carries nothing once RDMA runs, so a peer host that
+ * vanishes (power, cable) without closing it would go unnoticed while the
+ * queue pair is idle: TCP keepalive probes it, ~8 s to notice. */
+static void keepalive(int fd) {
+    int on = 1, idle = 5, intvl = 1, cnt = 3;
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+}
+
+/* RTR -> RTS; from here on every byte goes over the queue pair. retry_cnt
+ * is 6, not ggml's 7: Soft-RoCE takes 7 to mean "retry forever" (as the
+ * spec says only of rnr_retry), and then a lost peer never fails a send;
+ * 6 retries of ~67 ms (timeout 14) give up within about half a second. */
 static int to_rts(struct rdma_conn *r, enum rdma_state state, struct ferry_error *err) {
     struct ibv_qp_attr qa = {
         .qp_state = IBV_QPS_RTS,
         .timeout = 14,
-        .retry_cnt = 7,
+        .retry_cnt = 6,
         .rnr_retry = 7,
         .sq_psn = r->psn,
         .max_rd_atomic = 1,
@@ -486,6 +500,7 @@ static int to_rts(struct rdma_conn *r, enum rdma_state state, struct ferry_error
     if (s && *s) r->spin_us = atoi(s) < 0 ? 0 : atoi(s);
     r->send_chunk = RDMA_CHUNK;
     r->state = state;
+    keepalive(r->base.fd);
     snprintf(r->base.name, sizeof r->base.name, "rdma %s", r->base.peer);
     describe_update(r);
     return FERRY_OK;
