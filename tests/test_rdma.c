@@ -451,6 +451,8 @@ static void figures_transfer(struct test_server *ts, bool set, bool ggml) {
     fflush(stdout);
 }
 
+static void test_reconnect_cost(struct test_server *ts, const char *what);
+
 static void test_figures(struct test_server *ts) {
     figures_transfer(ts, true, false);
     figures_transfer(ts, false, false);
@@ -458,7 +460,9 @@ static void test_figures(struct test_server *ts) {
     if (!CHECK(server_start_as(&g, SERVER_IP, FERRY_TRANSPORT_RDMA, true), "a server in ggml's framing")) return;
     figures_transfer(&g, true, true);
     figures_transfer(&g, false, true);
+    test_reconnect_cost(&g, "ggml framing");
     test_server_stop(&g);
+    test_reconnect_cost(ts, "ferry framing");
 }
 
 struct worker {
@@ -615,9 +619,11 @@ static void test_client_killed(struct test_server *ts) {
     ferry_client_close(c);
 }
 
-static void test_server_killed(void) {
+/* A server in a child process (its own environment and verbs state);
+ * returns its pid and port, or -1. */
+static pid_t spawn_server(int *port_out) {
     int pfd[2];
-    if (!CHECK(pipe(pfd) == 0, "pipe")) return;
+    if (!CHECK(pipe(pfd) == 0, "pipe")) return -1;
     pid_t pid = fork();
     if (pid == 0) {
         dup2(pfd[1], 1);
@@ -636,8 +642,16 @@ static void test_server_killed(void) {
     if (!CHECK(port > 0, "child server started")) {
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
-        return;
+        return -1;
     }
+    *port_out = port;
+    return pid;
+}
+
+static void test_server_killed(void) {
+    int port = 0;
+    pid_t pid = spawn_server(&port);
+    if (pid < 0) return;
     char endpoint[48];
     snprintf(endpoint, sizeof endpoint, "%s:%d", SERVER_IP, port);
     struct ferry_error err;
@@ -673,6 +687,53 @@ static void test_server_killed(void) {
     }
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
+}
+
+/* Two ferry peers agree on the smaller path MTU: the client caps its own
+ * at 512 ($FERRY_RDMA_MTU), the server (another process, 1024) takes its
+ * queue pair back to RESET and up again at 512 before answering. */
+static void test_mtu_agree(void) {
+    int port = 0;
+    unsetenv("FERRY_RDMA_MTU");
+    pid_t pid = spawn_server(&port);
+    if (pid < 0) return;
+    setenv("FERRY_RDMA_MTU", "512", 1);
+    char endpoint[48];
+    snprintf(endpoint, sizeof endpoint, "%s:%d", SERVER_IP, port);
+    struct ferry_error err;
+    struct ferry_client *c = NULL;
+    if (CHECK(client_open(endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err) == FERRY_OK, "connect: %s", err.msg)) {
+        char line[512];
+        ferry_client_transport(c, line, sizeof line);
+        printf("  client: %s\n", line);
+        CHECK(strstr(line, "mtu 512,") && strstr(line, "ferry framing"), "agreed on mtu 512: %s", line);
+        CHECK(big_roundtrip(c, 4 * MIB, 12, NULL, NULL), "4 MiB at the agreed MTU");
+        ferry_client_close(c);
+    }
+    unsetenv("FERRY_RDMA_MTU");
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
+/* Connection setup, HELLO and (between ferry peers) the negotiation
+ * included: what a reconnect costs. */
+static void test_reconnect_cost(struct test_server *ts, const char *what) {
+    struct ferry_error err;
+    double total = 0;
+    int n = 0;
+    ferry_log_set_level(FERRY_LOG_DEBUG); /* each side's setup time */
+    for (int i = 0; i < 10; i++) {
+        struct ferry_client *c = NULL;
+        double t0 = now_s();
+        int rc = client_open(ts->endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err);
+        double dt = now_s() - t0;
+        if (!CHECK(rc == FERRY_OK, "connect %d: %s", i, err.msg)) break;
+        ferry_client_close(c);
+        total += dt;
+        n++;
+    }
+    ferry_log_set_level(FERRY_LOG_INFO);
+    if (n) printf("figures: %s: connect + HELLO + RDMA setup, mean of %d: %.1f ms\n", what, n, total / n * 1e3);
 }
 
 static void test_mtu_mismatch(void) {
@@ -806,6 +867,8 @@ int main(int argc, char **argv) {
     double t0 = now_s();
     test_server_killed();
     printf("  [%.1f s] server killed\n", now_s() - t0);
+    test_mtu_agree();
+    printf("  [%.1f s] mtu agreed\n", now_s() - t0);
     struct test_server ts;
     if (!server_start(&ts, SERVER_IP, FERRY_TRANSPORT_RDMA)) return test_summary();
     test_every_command(&ts);

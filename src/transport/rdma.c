@@ -80,6 +80,7 @@ int ferry_rdma_wrap(struct ferry_conn *tcp, const struct ferry_rdma_options *o,
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -212,6 +213,73 @@ static int find_gid(struct ibv_context *ctx, uint8_t port, int tbl_len, const un
     return best;
 }
 
+/* Finding the device, port and GID is most of a connection's verbs setup
+ * (opening every device, reading GID tables: ~8 ms of ~10 under
+ * emulation), so the answer is kept per process: key (device option, IP,
+ * GID index option) -> open context, port, GID index. A hit is checked
+ * (port still active, GID still there) before use. Contexts are shared by
+ * connections safely (each has its own protection domain) and stay open. */
+#define DEV_CACHE 8
+static struct {
+    char key[160];
+    struct ibv_context *ctx;
+    char name[IBV_SYSFS_NAME_MAX];
+    uint8_t port;
+    int gid_index;
+    bool v2;
+    union ibv_gid gid;
+} dev_cache[DEV_CACHE];
+static int dev_cache_n;
+static pthread_mutex_t dev_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void dev_key(const struct rdma_conn *r, const char *ip, char *key, size_t cap) {
+    snprintf(key, cap, "%s|%s|%d", r->opts.dev ? r->opts.dev : "", ip, r->opts.gid_index);
+}
+
+static bool dev_cache_get(struct rdma_conn *r, const char *key) {
+    bool hit = false;
+    pthread_mutex_lock(&dev_cache_lock);
+    for (int i = 0; i < dev_cache_n && !hit; i++) {
+        if (strcmp(dev_cache[i].key, key) != 0) continue;
+        struct ibv_port_attr pa;
+        union ibv_gid g;
+        if (ibv_query_port(dev_cache[i].ctx, dev_cache[i].port, &pa) != 0 || pa.state != IBV_PORT_ACTIVE ||
+            ibv_query_gid(dev_cache[i].ctx, dev_cache[i].port, dev_cache[i].gid_index, &g) != 0 ||
+            memcmp(g.raw, dev_cache[i].gid.raw, 16) != 0)
+            break; /* stale: search again */
+        r->ctx = dev_cache[i].ctx;
+        r->ctx_cached = true;
+        r->port = dev_cache[i].port;
+        r->gid_index = dev_cache[i].gid_index;
+        r->roce_v2 = dev_cache[i].v2;
+        r->gid = g;
+        r->port_mtu = pa.active_mtu;
+        snprintf(r->dev_name, sizeof r->dev_name, "%s", dev_cache[i].name);
+        hit = true;
+    }
+    pthread_mutex_unlock(&dev_cache_lock);
+    return hit;
+}
+
+static void dev_cache_put(struct rdma_conn *r, const char *key) {
+    pthread_mutex_lock(&dev_cache_lock);
+    int slot = -1;
+    for (int i = 0; i < dev_cache_n; i++)
+        if (strcmp(dev_cache[i].key, key) == 0) slot = i; /* a stale entry: replaced (its context stays open) */
+    if (slot < 0 && dev_cache_n < DEV_CACHE) slot = dev_cache_n++;
+    if (slot >= 0) {
+        snprintf(dev_cache[slot].key, sizeof dev_cache[slot].key, "%s", key);
+        dev_cache[slot].ctx = r->ctx;
+        snprintf(dev_cache[slot].name, sizeof dev_cache[slot].name, "%s", r->dev_name);
+        dev_cache[slot].port = r->port;
+        dev_cache[slot].gid_index = r->gid_index;
+        dev_cache[slot].v2 = r->roce_v2;
+        dev_cache[slot].gid = r->gid;
+        r->ctx_cached = true;
+    }
+    pthread_mutex_unlock(&dev_cache_lock);
+}
+
 /* Opens the device, port and GID this connection uses: the device named by
  * the options (or any), the port and GID whose address is the chosen IP
  * (the TCP connection's local address by default). */
@@ -234,6 +302,9 @@ static int open_device(struct rdma_conn *r, struct ferry_error *err) {
     gid_from_v4(a, &target);
     char ipstr[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &a, ipstr, sizeof ipstr);
+    char key[160];
+    dev_key(r, ipstr, key, sizeof key);
+    if (dev_cache_get(r, key)) return FERRY_OK;
 
     int n = 0;
     struct ibv_device **list = ibv_get_device_list(&n);
@@ -283,7 +354,10 @@ static int open_device(struct rdma_conn *r, struct ferry_error *err) {
         }
     }
     ibv_free_device_list(list);
-    if (r->ctx) return FERRY_OK;
+    if (r->ctx) {
+        dev_cache_put(r, key);
+        return FERRY_OK;
+    }
     if (dev && !dev_seen)
         return ferry_fail(err, FERRY_ERR_UNSUPPORTED, "RDMA device '%s' not found", dev);
     return ferry_fail(err, FERRY_ERR_UNSUPPORTED,
@@ -372,7 +446,8 @@ static void destroy_verbs(struct rdma_conn *r) {
     }
     if (r->ch) ibv_destroy_comp_channel(r->ch);
     if (r->pd) ibv_dealloc_pd(r->pd);
-    if (r->ctx) ibv_close_device(r->ctx);
+    if (r->ctx && !r->ctx_cached) ibv_close_device(r->ctx);
+    r->ctx_cached = false;
     free(r->rx_buf);
     free(r->tx_buf);
     r->qp = NULL;
@@ -395,6 +470,9 @@ static void destroy_verbs(struct rdma_conn *r) {
  * them this is the MTU; ferry peers agree on the smaller of two. */
 static enum ibv_mtu choose_mtu(struct rdma_conn *r) {
     enum ibv_mtu m = r->port_mtu;
+    const char *cap = getenv("FERRY_RDMA_MTU"); /* a cap the user sets: 256 .. 4096 */
+    for (enum ibv_mtu i = IBV_MTU_256; cap && *cap && i <= IBV_MTU_4096; i++)
+        if (atoi(cap) == rdma_mtu_bytes(i) && i < m) m = i;
     int mss = 0;
     socklen_t len = sizeof mss;
     if (getsockopt(r->base.fd, IPPROTO_TCP, TCP_MAXSEG, &mss, &len) == 0 && mss > 0) {
@@ -565,6 +643,7 @@ static int prepare(struct rdma_conn *r, struct ferry_error *err) {
     }
     int64_t t0 = now_us();
     int rc = open_device(r, err);
+    int64_t t1 = now_us();
     if (rc) r->refusal = FERRY_RDMA_REFUSED_NO_GID;
     if (rc == FERRY_OK && (rc = create_qp(r, err)))
         r->refusal = rc == FERRY_ERR_NOMEM ? FERRY_RDMA_REFUSED_MEMLOCK : FERRY_RDMA_REFUSED_SETUP;
@@ -582,8 +661,9 @@ static int prepare(struct rdma_conn *r, struct ferry_error *err) {
         ferry_log_warn("%s: RDMA not possible, staying on TCP: %s", r->base.peer, err->msg);
         return rc;
     }
-    ferry_log_debug("%s: RDMA queue pair %u on %s port %u gid[%d] ready in %.1f ms", r->base.peer,
-                    r->qp->qp_num, r->dev_name, r->port, r->gid_index, (double)(now_us() - t0) / 1e3);
+    ferry_log_debug("%s: RDMA queue pair %u on %s port %u gid[%d] ready in %.1f ms (device %.1f ms)", r->base.peer,
+                    r->qp->qp_num, r->dev_name, r->port, r->gid_index, (double)(now_us() - t0) / 1e3,
+                    (double)(t1 - t0) / 1e3);
     r->offered = true;
     r->refusal = FERRY_RDMA_REFUSED_NONE;
     return FERRY_OK;

@@ -78,6 +78,7 @@ struct rdma_conn {
     struct ferry_rdma_options opts;
     char dev_opt[64], ip_opt[64];
     bool offered; /* our caps carry a queue pair */
+    bool ctx_cached; /* ctx belongs to the process-wide device cache: not ours to close */
     bool broken;  /* a completion failed: skip the drain at close */
     enum rdma_state state;
     int refusal;  /* FERRY_RDMA_REFUSED_* when this side stayed on TCP */
