@@ -9,7 +9,8 @@
 # runs tests/test_rdma with FERRY_TEST_RDMA=1, then again under a 4 MiB
 # memlock limit without CAP_IPC_LOCK (--memlock), then raises veth0's MTU to
 # 9000 (veth1 keeps 1500) and runs the 64 MiB transfer again; then the ggml
-# peer test (tests/test_rdma_ggml.c) and `ferry bench rpc` over RDMA with the
+# peer test (tests/test_rdma_ggml.c), both suites again under ASan + UBSan
+# (build-asan/), and `ferry bench rpc` over RDMA with the
 # CPU time of idle and waiting peers. Lines starting "figures:" are the numbers
 # the README and the protocol notes quote.
 set -euo pipefail
@@ -81,6 +82,11 @@ if [ "${1:-}" = --in-guest ]; then
     ip link set dev veth0 mtu 9000
     "$dir/tests/test_rdma" --mtu-mismatch || rc=1
     ip link set dev veth0 mtu 1500
+    echo "== [guest $(stamp) s] test_rdma and test_rdma_ggml under AddressSanitizer + UBSan"
+    ( export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+      build-asan/tests/test_rdma >/dev/null 2>build-asan/test_rdma.log && \
+      FERRY_RDMA_DEV=rxe0 build-asan/tests/test_rdma_ggml >/dev/null 2>>build-asan/test_rdma.log ) \
+        || { tail -40 build-asan/test_rdma.log; rc=1; }
     echo "== [guest $(stamp) s] ferry bench rpc over RDMA, idle and blocked CPU"
     bench_in_guest || rc=1
     echo "== [guest $(stamp) s] done, rc $rc"
@@ -92,6 +98,11 @@ if [ "${1:-}" = --bench ]; then what=--bench-in-guest; fi
 bash scripts/deps.sh
 cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_WERROR=ON -DFERRY_RDMA=ON >/dev/null
 ninja -C "$dir" "${targets[@]}"
+if [ "$what" = --in-guest ]; then # the same tests under the sanitizers (scripts/test.sh --sanitize's tree)
+    CC=clang cmake -S . -B build-asan -G Ninja -DFERRY_WERROR=ON -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON \
+        -DFERRY_RDMA=ON >/dev/null
+    ninja -C build-asan test_rdma test_rdma_ggml
+fi
 t0=$EPOCHREALTIME
 set +e
 bash tools/softroce-vm/softroce-vm.sh -t "${RDMA_TEST_TIMEOUT:-540}" -m 2048 -- bash scripts/rdma-test.sh "$what"

@@ -29,6 +29,7 @@ struct rpc_opts {
     bool json, quick, quiet;
     int iterations;
     uint64_t max_size;
+    int transport; /* FERRY_TRANSPORT_* */
 };
 
 struct bench {
@@ -375,6 +376,9 @@ static void print_table(FILE *f, struct bench *b, const char *net_desc, const st
     fprintf(f, "ferry bench rpc: server %s (%s), bare TCP peer %s (%s)\n\n", b->o.rpc,
             b->is_ferry ? "ferry: server CPU via FERRY_STATS" : "not ferry: server CPU n/a", net_desc,
             b->o.net ? "external" : "in-process thread");
+    char line[400];
+    ferry_client_transport(b->c, line, sizeof line);
+    fprintf(f, "transport: %s\n\n", line);
     fprintf(f, "round trips (us)                           n      min      p50      p99   p50/TCP  cpu/op: client  server\n");
     char name[64];
     snprintf(name, sizeof name, "bare TCP ping-pong %u/%u B", rt[0].req, rt[0].rsp);
@@ -422,7 +426,7 @@ static void print_table(FILE *f, struct bench *b, const char *net_desc, const st
 static void rpc_usage(FILE *out) {
     fprintf(out,
             "usage: ferry bench rpc --rpc HOST:PORT [--net HOST:PORT] [--json] [--quick]\n"
-            "                       [--iterations N] [--max-size SIZE] [--quiet]\n"
+            "                       [--iterations N] [--max-size SIZE] [--quiet] [--transport auto|tcp|rdma]\n"
             "\n"
             "Measures any ggml RPC server against the bare TCP link to the same host:\n"
             "  round trips (min/p50/p99): GET_ALIGNMENT, and a tiny graph (RECOMPUTE) + 64-byte read\n"
@@ -440,7 +444,7 @@ static void rpc_usage(FILE *out) {
 }
 
 static int parse_rpc_opts(int argc, char **argv, struct rpc_opts *o, FILE *out, bool *help) {
-    *o = (struct rpc_opts){ NULL, NULL, false, false, false, 2000, 1ull << 30 };
+    *o = (struct rpc_opts){ NULL, NULL, false, false, false, 2000, 1ull << 30, FERRY_TRANSPORT_AUTO };
     *help = false;
     uint64_t v;
     for (int i = 0; i < argc; i++) {
@@ -453,6 +457,15 @@ static int parse_rpc_opts(int argc, char **argv, struct rpc_opts *o, FILE *out, 
             o->rpc = argv[++i];
         } else if (!strcmp(a, "--net") && next) {
             o->net = argv[++i];
+        } else if (!strcmp(a, "--transport") && next) {
+            const char *t = argv[++i];
+            if (!strcmp(t, "auto")) o->transport = FERRY_TRANSPORT_AUTO;
+            else if (!strcmp(t, "tcp")) o->transport = FERRY_TRANSPORT_TCP;
+            else if (!strcmp(t, "rdma")) o->transport = FERRY_TRANSPORT_RDMA;
+            else {
+                fprintf(stderr, "ferry bench rpc: --transport takes auto, tcp or rdma\n");
+                return -1;
+            }
         } else if (!strcmp(a, "--json")) {
             o->json = true;
         } else if (!strcmp(a, "--quick")) {
@@ -520,7 +533,10 @@ int ferry_bench_rpc_main(int argc, char **argv, FILE *out) {
     }
     snprintf(net_desc, sizeof net_desc, "%s:%d", net_host, net_port);
     if ((rc = bench_net_connect(net_host, net_port, &b.net_fd, &err))) goto out;
-    if ((rc = ferry_client_connect(b.o.rpc, NULL, &b.c, &err))) goto out;
+    struct ferry_client_options copts;
+    ferry_client_options_defaults(&copts);
+    copts.transport = b.o.transport;
+    if ((rc = ferry_client_connect(b.o.rpc, &copts, &b.c, &err))) goto out;
     b.is_ferry = ferry_client_server_is_ferry(b.c);
     if ((rc = setup_graph(&b, &err))) goto out;
     if ((rc = plan_sizes(&b, sizes, &n_sizes, skipped, &n_skipped, &err))) goto out;
