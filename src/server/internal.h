@@ -29,6 +29,7 @@ struct server_conn {
 struct ferry_server {
     struct ferry_server_config cfg;
     char host[64];
+    char rdma_dev[64], rdma_ip[64]; /* copies: the caller's strings need not outlive create */
     char *cache_dir;
     struct ferry_listener *listener;
     int stop_pipe[2]; /* ferry_server_stop writes a byte; run polls the read end */

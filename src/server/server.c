@@ -63,6 +63,14 @@ int ferry_server_create(const struct ferry_server_config *cfg, struct ferry_serv
     s->stop_pipe[0] = s->stop_pipe[1] = -1;
     snprintf(s->host, sizeof s->host, "%s", cfg->host ? cfg->host : "127.0.0.1");
     s->cfg.host = s->host;
+    if (cfg->rdma_dev) {
+        snprintf(s->rdma_dev, sizeof s->rdma_dev, "%s", cfg->rdma_dev);
+        s->cfg.rdma_dev = s->rdma_dev;
+    }
+    if (cfg->rdma_ip) {
+        snprintf(s->rdma_ip, sizeof s->rdma_ip, "%s", cfg->rdma_ip);
+        s->cfg.rdma_ip = s->rdma_ip;
+    }
     if (s->cfg.n_threads < 1) s->cfg.n_threads = 1;
     if (s->cfg.max_conns < 1) s->cfg.max_conns = 1;
     /* zeros mean "the default" for the bounds a zeroed config would break */
