@@ -9,7 +9,8 @@
 # runs tests/test_rdma with FERRY_TEST_RDMA=1, then again under a 4 MiB
 # memlock limit without CAP_IPC_LOCK (--memlock), then raises veth0's MTU to
 # 9000 (veth1 keeps 1500) and runs the 64 MiB transfer again; then the ggml
-# peer test (tests/test_rdma_ggml.c), both suites again under ASan + UBSan
+# peer test (tests/test_rdma_ggml.c), a generated model run split over RDMA
+# against the same run locally, both suites again under ASan + UBSan
 # (build-asan/), and `ferry bench rpc` over RDMA with the
 # CPU time of idle and waiting peers. Lines starting "figures:" are the numbers
 # the README and the protocol notes quote.
@@ -59,6 +60,27 @@ bench_in_guest() {
     return $rc
 }
 
+# In the guest: a generated model run split over RDMA (every layer on a server on rxe1) must
+# write, with greedy sampling, exactly the text of the same model run locally.
+model_in_guest() {
+    local m=$dir/model-60m.gguf args=(-p "The ferry crosses the river" -n 8 --temp 0 --no-progress -t 1)
+    "$dir/ferry" serve -H 198.18.0.2 -p 50062 --transport rdma --log-level warn 2>/dev/null &
+    local spid=$! rc=0
+    for _ in $(seq 50); do (exec 3<>/dev/tcp/198.18.0.2/50062) 2>/dev/null && break; sleep 0.2; done
+    "$dir/ferry" run -m "$m" "${args[@]}" >"$dir/run-local.txt" 2>/dev/null || rc=1
+    FERRY_RDMA_DEV=rxe0 "$dir/ferry" run -m "$m" --rpc 198.18.0.2:50062 --transport rdma "${args[@]}" \
+        >"$dir/run-rdma.txt" 2>"$dir/run-rdma.err" || rc=1
+    grep -E "^  198.18.0.2:50062 +rdma|tokens/s" "$dir/run-rdma.err" || rc=1
+    if [ $rc = 0 ] && cmp -s "$dir/run-local.txt" "$dir/run-rdma.txt"; then
+        echo "same text locally and split over RDMA: $(cat "$dir/run-rdma.txt")"
+    else
+        echo "FAIL: split over RDMA differs from the local run (or failed)"; cat "$dir/run-rdma.err"; rc=1
+    fi
+    kill $spid
+    wait $spid || true
+    return $rc
+}
+
 if [ "${1:-}" = --bench-in-guest ]; then
     bench_in_guest
     exit
@@ -82,6 +104,8 @@ if [ "${1:-}" = --in-guest ]; then
     ip link set dev veth0 mtu 9000
     "$dir/tests/test_rdma" --mtu-mismatch || rc=1
     ip link set dev veth0 mtu 1500
+    echo "== [guest $(stamp) s] ferry run: a model split over RDMA against the same model locally"
+    model_in_guest || rc=1
     echo "== [guest $(stamp) s] test_rdma and test_rdma_ggml under AddressSanitizer + UBSan"
     ( export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
       build-asan/tests/test_rdma >/dev/null 2>build-asan/test_rdma.log && \
@@ -98,6 +122,7 @@ if [ "${1:-}" = --bench ]; then what=--bench-in-guest; fi
 bash scripts/deps.sh
 cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_WERROR=ON -DFERRY_RDMA=ON >/dev/null
 ninja -C "$dir" "${targets[@]}"
+[ -f "$dir/model-60m.gguf" ] || "$dir/ferry" gen-model -o "$dir/model-60m.gguf" --size 60M --type q8_0 >/dev/null
 if [ "$what" = --in-guest ]; then # the same tests under the sanitizers (scripts/test.sh --sanitize's tree)
     CC=clang cmake -S . -B build-asan -G Ninja -DFERRY_WERROR=ON -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON \
         -DFERRY_RDMA=ON >/dev/null
