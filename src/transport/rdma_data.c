@@ -262,6 +262,8 @@ static int on_recv(struct rdma_conn *r, const struct ibv_wc *wc, struct ferry_er
     }
     case K_WDONE:
         if (!write) return broken(r, FERRY_ERR_PROTOCOL, err, "malformed write completion");
+        if (!r->granted) return broken(r, FERRY_ERR_PROTOCOL, err, "write completion without a CTS");
+        r->granted = false;
         r->wdone = true;
         break;
     case K_SINKDONE:
@@ -703,6 +705,7 @@ static int accept_write(struct rdma_conn *r, void *buf, size_t len, size_t *plac
     uint8_t msg[REMOTE_SIZE];
     encode_remote(msg, g ? (uintptr_t)buf : 0, g ? m : 0, g ? g->mr->rkey : 0);
     r->wdone = false;
+    r->granted = g != NULL;
     int rc = send_ctrl(r, K_CTS, msg, sizeof msg, deadline, err);
     *placed = 0;
     if (rc || g == NULL) return rc;

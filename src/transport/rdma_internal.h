@@ -127,6 +127,7 @@ struct rdma_conn {
     bool rts_outstanding;   /* we offered bytes by WRITE, waiting for the CTS */
     struct rdma_remote cts;       /* the peer's answer to our RTS */
     struct rdma_remote peer_sink; /* where the peer wants our next payload */
+    bool granted;                 /* we sent a CTS with room: a WDONE may come */
     bool wdone;                   /* the peer finished writing our grant */
     struct {                      /* where we asked the peer to write its reply */
         bool active, sent;
