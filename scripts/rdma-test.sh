@@ -63,7 +63,7 @@ bench_in_guest() {
 # In the guest: a generated model run split over RDMA (every layer on a server on rxe1) must
 # write, with greedy sampling, exactly the text of the same model run locally.
 model_in_guest() {
-    local m=$dir/model-60m.gguf args=(-p "The ferry crosses the river" -n 8 --temp 0 --no-progress -t 1)
+    local m=$dir/model-20m.gguf args=(-p "The ferry crosses the river" -n 8 --temp 0 --no-progress -t 1)
     "$dir/ferry" serve -H 198.18.0.2 -p 50062 --transport rdma --log-level warn 2>/dev/null &
     local spid=$! rc=0
     for _ in $(seq 50); do (exec 3<>/dev/tcp/198.18.0.2/50062) 2>/dev/null && break; sleep 0.2; done
@@ -122,7 +122,7 @@ if [ "${1:-}" = --bench ]; then what=--bench-in-guest; fi
 bash scripts/deps.sh
 cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_WERROR=ON -DFERRY_RDMA=ON >/dev/null
 ninja -C "$dir" "${targets[@]}"
-[ -f "$dir/model-60m.gguf" ] || "$dir/ferry" gen-model -o "$dir/model-60m.gguf" --size 60M --type q8_0 >/dev/null
+[ -f "$dir/model-20m.gguf" ] || "$dir/ferry" gen-model -o "$dir/model-20m.gguf" --size 20M --type q8_0 >/dev/null
 if [ "$what" = --in-guest ]; then # the same tests under the sanitizers (scripts/test.sh --sanitize's tree)
     CC=clang cmake -S . -B build-asan -G Ninja -DFERRY_WERROR=ON -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON \
         -DFERRY_RDMA=ON >/dev/null

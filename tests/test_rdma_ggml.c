@@ -21,6 +21,13 @@
  * Both check that ferry sends ggml's framing and nothing else: every SEND
  * 1 byte to 256 KiB, each command byte and each length its own SEND, no
  * immediate data, only SEND completions, nothing more on TCP after HELLO.
+ * Part 3: ferry's own framing between ferry peers (docs/protocol-extensions.md),
+ * played by a hostile client with the same verbs code against ferry's
+ * server: one correct exchange first, then one fresh connection per
+ * violation (no immediate, unknown kind, excess credits, CTS without RTS,
+ * malformed RTS, wrapping sink, stray WDONE, bad records, a client that
+ * stops mid-frame). Each must be dropped within 10 s, counted, and leave
+ * the server serving a ferry client as before.
  *
  * Needs FERRY_TEST_RDMA=1 and the Soft-RoCE guest of scripts/rdma-test.sh
  * (rxe0 on 198.18.0.1, rxe1 on 198.18.0.2); otherwise it prints "skipped"
@@ -356,8 +363,8 @@ static void gp_caps(const struct gpeer *p, uint8_t out[CAPS_SIZE]) {
     memcpy(out + 8, p->gid, 16);
 }
 
-/* RTR then RTS with ggml's attributes, toward the peer's caps. */
-static bool gp_connect(struct gpeer *p, const uint8_t caps[CAPS_SIZE]) {
+/* RTR with ggml's attributes, toward the peer's caps. */
+static bool gp_rtr(struct gpeer *p, const uint8_t caps[CAPS_SIZE]) {
     struct ibv_qp_attr a = {
         .qp_state = IBV_QPS_RTR,
         .path_mtu = p->mtu,
@@ -374,6 +381,10 @@ static bool gp_connect(struct gpeer *p, const uint8_t caps[CAPS_SIZE]) {
                       IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |
                           IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER) != 0)
         return bad(p, "QP to RTR failed: %s", strerror(errno)), false;
+    return true;
+}
+
+static bool gp_rts(struct gpeer *p) {
     struct ibv_qp_attr s = {
         .qp_state = IBV_QPS_RTS, .timeout = 14, .retry_cnt = 7, .rnr_retry = 7, .sq_psn = p->psn, .max_rd_atomic = 1,
     };
@@ -382,6 +393,11 @@ static bool gp_connect(struct gpeer *p, const uint8_t caps[CAPS_SIZE]) {
                           IBV_QP_MAX_QP_RD_ATOMIC) != 0)
         return bad(p, "QP to RTS failed: %s", strerror(errno)), false;
     return true;
+}
+
+/* RTR then RTS: what a ggml peer does once the HELLO exchange is over. */
+static bool gp_connect(struct gpeer *p, const uint8_t caps[CAPS_SIZE]) {
+    return gp_rtr(p, caps) && gp_rts(p);
 }
 
 /* The TCP socket after the switch: any byte on it is a protocol error (ggml
@@ -644,8 +660,9 @@ static void gc_commands(struct gpeer *p) {
     EXPECT(gp_quiet(p, 300), "no SEND after the last response");
 }
 
-static void part1(void) {
-    printf("-- part 1: a ggml client (this test) against ferry's server\n");
+/* ferry's server in this process, in auto mode on SERVER_DEV (not
+ * $FERRY_RDMA_DEV, which names the client's device). */
+static bool ferry_server_up(struct test_server *ts) {
     struct ferry_server_config cfg;
     ferry_server_config_defaults(&cfg);
     cfg.host = SERVER_IP;
@@ -654,9 +671,14 @@ static void part1(void) {
     cfg.mem_limit = 512 * MIB;
     cfg.max_payload = 256 * MIB;
     cfg.transport = FERRY_TRANSPORT_AUTO;
-    cfg.rdma_dev = SERVER_DEV; /* not $FERRY_RDMA_DEV, which names the client's device */
+    cfg.rdma_dev = SERVER_DEV;
+    return EXPECT(test_server_start(ts, &cfg), "ferry server on %s (auto, device %s)", SERVER_IP, SERVER_DEV);
+}
+
+static void part1(void) {
+    printf("-- part 1: a ggml client (this test) against ferry's server\n");
     struct test_server ts;
-    if (!EXPECT(test_server_start(&ts, &cfg), "ferry server on %s (auto, device %s)", SERVER_IP, SERVER_DEV)) return;
+    if (!ferry_server_up(&ts)) return;
     struct ferry_server_stats st0, st;
     ferry_server_get_stats(ts.s, &st0);
 
@@ -1030,6 +1052,387 @@ static void control(void) {
     free(fs);
 }
 
+/* ---- part 3: a hostile ferry-framing client against ferry's server ----------------- */
+
+/* ferry's framing between two ferry peers (docs/protocol-extensions.md,
+ * "RDMA between two ferry peers"), spelled out here from the document. */
+enum { FK_DATA = 0, FK_CREDIT = 1, FK_RTS = 2, FK_CTS = 3, FK_SINK = 4, FK_WDONE = 5 };
+#define HELLO_FLAG_RDMA_EXT 0x02
+#define REC_SIZE 96
+#define REC_MTU 1024
+#define REC_DEPTH 16        /* announced; the fake client posts 24, so it never runs short */
+#define CLOSE_WAIT_S 10.0   /* how long the server has to drop a hostile connection */
+
+/* Every hostile case, in the order they run. */
+enum fr_case {
+    FR_NO_IMM,     /* a: a SEND without immediate data */
+    FR_BAD_KIND,   /* b: kind 9 */
+    FR_CREDITS,    /* c: 0xffff credits returned */
+    FR_CTS,        /* d: a CTS with no RTS outstanding */
+    FR_RTS_EMPTY,  /* e: an RTS of 0 bytes */
+    FR_RTS_ZERO,   /* e: an RTS offering n = 0 */
+    FR_SINK_WRAP,  /* f: a sink whose addr + len overflows */
+    FR_WDONE,      /* g: a WDONE write with no CTS granted */
+    FR_BAD_MAGIC,  /* h: a record that is not "FRDM" */
+    FR_BAD_MTU,    /* h: a record with path MTU 3000 */
+    FR_STOPS,      /* i: a request, half of the next, then silence and a TCP FIN */
+    FR_N
+};
+
+static const struct {
+    const char *id, *what;
+    bool violation; /* the server must count it as a protocol error (conns_dropped) */
+    bool own_record; /* sends its own record instead of the valid negotiation */
+} fr_cases[FR_N] = {
+    [FR_NO_IMM] = { "a", "a SEND without immediate data", true, false },
+    [FR_BAD_KIND] = { "b", "a SEND_WITH_IMM of unknown kind 9", true, false },
+    [FR_CREDITS] = { "c", "a CREDIT message returning 0xffff credits (the ring has 16)", true, false },
+    [FR_CTS] = { "d", "a CTS with no RTS outstanding", true, false },
+    [FR_RTS_EMPTY] = { "e1", "an RTS of 0 bytes (must be 8)", true, false },
+    [FR_RTS_ZERO] = { "e2", "an RTS offering n = 0", true, false },
+    [FR_SINK_WRAP] = { "f", "a SINK whose addr + len overflows u64", true, false },
+    [FR_WDONE] = { "g", "a 0-byte RDMA_WRITE_WITH_IMM of kind WDONE (addr 0, rkey 0), no CTS granted", true, false },
+    [FR_BAD_MAGIC] = { "h1", "a record with magic \"XRDM\" instead of the valid one", true, true },
+    [FR_BAD_MTU] = { "h2", "a record with path MTU 3000 instead of the valid one", true, true },
+    [FR_STOPS] = { "i", "GET_DEVICE_MEMORY plus the head of a SET_TENSOR, then nothing and a TCP FIN", false, false },
+};
+
+/* The immediate as verbs carry it: network byte order. */
+static uint32_t fr_imm(uint32_t kind, uint32_t credits) {
+    return htonl(kind << 28 | credits);
+}
+
+/* A record as a ferry client sends it: switch, with this magic and MTU. */
+static void fr_record(uint8_t out[REC_SIZE], const char *magic, uint32_t mtu) {
+    memset(out, 0, REC_SIZE);
+    memcpy(out, magic, 4);
+    out[4] = 1; /* version */
+    out[5] = 0; /* status: switch */
+    put_u32(out + 8, mtu);
+    put_u32(out + 12, REC_DEPTH);
+    put_u32(out + 16, CHUNK);
+    put_u32(out + 20, 1); /* features: accepts RDMA WRITE */
+}
+
+/* GET_DEVICE_MEMORY for device 0 as one stream piece: cmd, u64 length 4, u32. */
+static void fr_get_mem_request(uint8_t out[13]) {
+    out[0] = CMD_GET_DEVICE_MEMORY;
+    put_u64(out + 1, 4);
+    put_u32(out + 9, 0);
+}
+
+struct fr_conn {
+    struct gpeer p;
+    uint8_t flags;            /* HELLO byte 3 */
+    uint8_t answer[REC_SIZE]; /* the server's record */
+    char fail[200];           /* why the setup stopped short */
+};
+
+__attribute__((format(printf, 2, 3))) static bool fr_fail(struct fr_conn *c, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->fail, sizeof c->fail, fmt, ap);
+    va_end(ap);
+    return false;
+}
+
+/* TCP and a probe from CLIENT_IP, HELLO with caps, the flag that says
+ * ferry's framing is on offer, then RTR at path MTU 1024. */
+static bool fr_hello(struct fr_conn *c, const char *dev, int port) {
+    struct gpeer *p = &c->p;
+    uint8_t req[9 + CAPS_SIZE], rsp[8 + 28];
+    int fd = tcp_connect_from(CLIENT_IP, SERVER_IP, port);
+    if (fd < 0) return fr_fail(c, "TCP connect: %s", strerror(errno));
+    if (!gp_open(p, dev, fd)) return fr_fail(c, "probe: %s", p->first_bad);
+    req[0] = CMD_HELLO;
+    put_u64(req + 1, CAPS_SIZE);
+    gp_caps(p, req + 9);
+    if (!tcp_write_all(fd, req, sizeof req) || !tcp_read_all(fd, rsp, sizeof rsp) || get_u64(rsp) != 28)
+        return fr_fail(c, "HELLO not answered");
+    c->flags = rsp[11];
+    if (!(c->flags & HELLO_FLAG_RDMA_EXT) || get_u32(rsp + 12) == 0)
+        return fr_fail(c, "HELLO byte 3 = 0x%02x, qpn %u: ferry's framing not on offer", c->flags, get_u32(rsp + 12));
+    p->mtu = IBV_MTU_1024;
+    if (!gp_rtr(p, rsp + 12)) return fr_fail(c, "RTR: %s", p->first_bad);
+    return true;
+}
+
+/* The valid record, the server's answer (FRDM, switch, MTU 1024), RTS:
+ * only then may anything go on the queue pair. */
+static bool fr_negotiate(struct fr_conn *c) {
+    uint8_t rec[REC_SIZE], *a = c->answer;
+    fr_record(rec, "FRDM", REC_MTU);
+    if (!tcp_write_all(c->p.fd, rec, sizeof rec)) return fr_fail(c, "record not sent");
+    if (!tcp_read_all(c->p.fd, a, REC_SIZE)) return fr_fail(c, "no 96-byte answer to the record");
+    if (memcmp(a, "FRDM", 4) != 0 || a[5] != 0 || get_u32(a + 8) != REC_MTU)
+        return fr_fail(c, "answer: magic %02x%02x%02x%02x, status %u, mtu %u (reason \"%.71s\")", a[0], a[1], a[2], a[3],
+                       a[5], get_u32(a + 8), (const char *)a + 24);
+    return gp_rts(&c->p) || fr_fail(c, "RTS: %s", c->p.first_bad);
+}
+
+/* The connection as far as the case goes: through the valid negotiation,
+ * or (own_record) only to RTR, its record still to be sent. */
+static bool fr_open(struct fr_conn *c, const char *dev, int port, bool own_record) {
+    memset(c, 0, sizeof *c);
+    c->p.who = "ferry-framing client";
+    c->p.fd = -1;
+    return fr_hello(c, dev, port) && (own_record || fr_negotiate(c));
+}
+
+/* One work request, then its completion: SEND, SEND_WITH_IMM, or
+ * RDMA_WRITE_WITH_IMM to address 0 with rkey 0 (this client was never
+ * granted one). Returns the completion status, -1 when none came. */
+static int fr_post(struct gpeer *p, enum ibv_wr_opcode op, uint32_t imm, const void *data, uint32_t len) {
+    if (len) memcpy(p->tx, data, len);
+    struct ibv_sge sge = { (uintptr_t)p->tx, len, p->tx_mr->lkey };
+    struct ibv_send_wr wr = { .wr_id = 2, .sg_list = &sge, .num_sge = len ? 1 : 0, .opcode = op,
+                              .send_flags = IBV_SEND_SIGNALED },
+                       *badwr;
+    if (op != IBV_WR_SEND) wr.imm_data = imm;
+    if (ibv_post_send(p->qp, &wr, &badwr) != 0) return -1;
+    double deadline = now_s() + WAIT_MS / 1e3;
+    struct ibv_wc wc;
+    while (now_s() < deadline) {
+        int n = ibv_poll_cq(p->scq, 1, &wc);
+        if (n < 0) return -1;
+        if (n == 1) return (int)wc.status;
+        sched_yield();
+    }
+    return -1;
+}
+
+/* The next receive completion (within WAIT_MS); its first bytes to out. */
+static bool fr_recv(struct gpeer *p, struct ibv_wc *wc, uint8_t *out, uint32_t cap) {
+    double deadline = now_s() + WAIT_MS / 1e3;
+    while (now_s() < deadline) {
+        int n = ibv_poll_cq(p->rcq, 1, wc);
+        if (n < 0) return false;
+        if (n == 1) {
+            if (wc->status != IBV_WC_SUCCESS) return false;
+            memcpy(out, p->rx + wc->wr_id * CHUNK, wc->byte_len < cap ? wc->byte_len : cap);
+            return true;
+        }
+        sched_yield();
+    }
+    return false;
+}
+
+/* Until the server drops the connection: end of stream on TCP, or our
+ * queue pair in error (the responder refused what it got). NULL when
+ * neither happened within limit_s. */
+static const char *fr_wait_closed(struct gpeer *p, double limit_s, double *took) {
+    double t0 = now_s();
+    for (;;) {
+        struct ibv_qp_attr a;
+        struct ibv_qp_init_attr ia;
+        *took = now_s() - t0;
+        if (ibv_query_qp(p->qp, &a, IBV_QP_STATE, &ia) == 0 && a.qp_state == IBV_QPS_ERR)
+            return "its queue pair went to error";
+        struct pollfd pf = { p->fd, POLLIN | POLLRDHUP, 0 };
+        if (poll(&pf, 1, 20) > 0) {
+            uint8_t b[256];
+            ssize_t k = recv(p->fd, b, sizeof b, MSG_DONTWAIT);
+            if (k == 0 || (k < 0 && errno != EAGAIN && errno != EINTR)) return "its TCP socket reached end of stream";
+            if (k > 0) p->tcp_bytes += (uint64_t)k; /* none may come: reported by the caller */
+        }
+        if (*took > limit_s) return NULL;
+    }
+}
+
+/* The server's counters once its connections are all gone (or limit_s). */
+static struct ferry_server_stats fr_settled(struct test_server *ts, double limit_s) {
+    struct ferry_server_stats st;
+    double t0 = now_s();
+    for (;;) {
+        ferry_server_get_stats(ts->s, &st);
+        if (st.conns_open == 0 || now_s() - t0 > limit_s) return st;
+        usleep(10000);
+    }
+}
+
+/* A well-behaved ferry client, RDMA required: ALLOC_BUFFER 2 MiB, then
+ * 1 MiB + 1 byte there and back (over the 1 MiB mark, so by RTS/CTS and
+ * WRITE, and into a sink), unchanged. false with the reason in out. */
+static bool fr_good_client(const char *endpoint, const char *dev, uint64_t seed, char *out, size_t cap) {
+    struct ferry_client_options o;
+    ferry_client_options_defaults(&o);
+    o.transport = FERRY_TRANSPORT_RDMA;
+    o.rdma_dev = dev;
+    o.response_timeout_ms = o.frame_timeout_ms = WAIT_MS;
+    const size_t n = MIB + 1;
+    uint8_t *src = malloc(n), *dst = calloc(1, n);
+    struct ferry_client *c = NULL;
+    struct ferry_error err = { 0 };
+    struct ferry_remote_buffer buf;
+    struct ferry_tensor t;
+    struct ferry_client_conn_stats cs = { 0 };
+    int64_t ne[1] = { (int64_t)n };
+    const char *step = "connect";
+    int rc = src && dst ? ferry_client_connect(endpoint, &o, &c, &err) : FERRY_ERR_NOMEM;
+    if (rc == FERRY_OK) step = "ALLOC_BUFFER", rc = ferry_client_alloc_buffer(c, 0, 2 * MIB, &buf, &err);
+    if (rc == FERRY_OK) {
+        fill(src, n, seed);
+        ferry_tensor_init(&t, FERRY_TYPE_I8, 1, ne, NULL);
+        step = "placing the tensor", rc = ferry_remote_tensor_place(&t, &buf, 0, &err);
+        if (rc == FERRY_OK) step = "SET_TENSOR", rc = ferry_client_set_tensor(c, &t, 0, src, n, &err);
+        if (rc == FERRY_OK) step = "GET_TENSOR", rc = ferry_client_get_tensor(c, &t, 0, dst, n, &err);
+        ferry_client_conn_stats(c, &cs);
+        if (rc == FERRY_OK) step = "FREE_BUFFER", rc = ferry_client_free_buffer(c, &buf, &err);
+    }
+    bool same = rc == FERRY_OK && memcmp(src, dst, n) == 0;
+    const char *kind = c ? ferry_client_transport(c, NULL, 0) : "none";
+    if (rc != FERRY_OK)
+        snprintf(out, cap, "%s failed: %s", step, src && dst ? err.msg : "out of memory");
+    else if (!same || strcmp(kind, "rdma") != 0)
+        snprintf(out, cap, "on %s, the bytes came back %s", kind, same ? "unchanged" : "CHANGED");
+    else
+        snprintf(out, cap, "on rdma, %" PRIu64 " bytes by RDMA WRITE, unchanged", cs.write_bytes);
+    ferry_client_close(c);
+    free(src);
+    free(dst);
+    return same && strcmp(kind, "rdma") == 0;
+}
+
+/* The well-behaved run first, so that the hostile ones are known to fail
+ * for their own fault: a correct DATA message holding GET_DEVICE_MEMORY,
+ * answered by one SEND_WITH_IMM of kind DATA with length and 16 bytes. */
+static void fr_control(struct test_server *ts, const char *dev) {
+    struct ferry_server_stats st0, st;
+    ferry_server_get_stats(ts->s, &st0);
+    struct fr_conn c;
+    bool up = fr_open(&c, dev, ts->port, false);
+    if (EXPECT(up, "control: HELLO byte 3 = 0x%02x (bit 0x02 set), QP at RTR (mtu 1024), record sent, answer "
+               "FRDM / status 0 / mtu %u / depth %u, RTS%s%s", c.flags, get_u32(c.answer + 8),
+               get_u32(c.answer + 12), up ? "" : ": ", c.fail)) {
+        uint8_t req[13], rsp[24] = { 0 };
+        struct ibv_wc wc;
+        fr_get_mem_request(req);
+        int s = fr_post(&c.p, IBV_WR_SEND_WITH_IMM, fr_imm(FK_DATA, 0), req, sizeof req);
+        bool got = s == IBV_WC_SUCCESS && fr_recv(&c.p, &wc, rsp, sizeof rsp);
+        uint32_t imm = got && (wc.wc_flags & IBV_WC_WITH_IMM) ? ntohl(wc.imm_data) : 0xffffffffu;
+        EXPECT(got && wc.opcode == IBV_WC_RECV && (wc.wc_flags & IBV_WC_WITH_IMM) && imm >> 28 == FK_DATA &&
+                   wc.byte_len == 24 && get_u64(rsp) == 16,
+               "control: GET_DEVICE_MEMORY as one DATA message is answered by one SEND_WITH_IMM of kind %u "
+               "(credits %u), %u bytes, length %" PRIu64,
+               imm >> 28, imm & 0xffff, got ? wc.byte_len : 0, get_u64(rsp));
+        EXPECT(got && get_u64(rsp + 16) > 0 && get_u64(rsp + 8) <= get_u64(rsp + 16),
+               "control: device memory %" PRIu64 " free of %" PRIu64, get_u64(rsp + 8), get_u64(rsp + 16));
+    }
+    gp_close(&c.p);
+    st = fr_settled(ts, CLOSE_WAIT_S);
+    EXPECT(st.conns_open == 0 && st.conns_dropped == st0.conns_dropped,
+           "control: the connection ended cleanly (conns_open %" PRIu64 ", conns_dropped +%" PRIu64 ")",
+           st.conns_open, st.conns_dropped - st0.conns_dropped);
+}
+
+/* What one hostile client does in place of well-behaved traffic. Returns
+ * the completion status of its work request (-1: none). */
+static int fr_misbehave(struct fr_conn *c, enum fr_case which) {
+    struct gpeer *p = &c->p;
+    uint8_t m[32], rec[REC_SIZE];
+    fr_get_mem_request(m);
+    switch (which) {
+    case FR_NO_IMM: return fr_post(p, IBV_WR_SEND, 0, m, 13);
+    case FR_BAD_KIND: return fr_post(p, IBV_WR_SEND_WITH_IMM, fr_imm(9, 0), m, 13);
+    case FR_CREDITS: return fr_post(p, IBV_WR_SEND_WITH_IMM, fr_imm(FK_CREDIT, 0xffff), NULL, 0);
+    case FR_CTS: /* a plausible grant, only nobody asked for it */
+        put_u64(m, 0x10000), put_u64(m + 8, 4096), put_u32(m + 16, 0x1234);
+        return fr_post(p, IBV_WR_SEND_WITH_IMM, fr_imm(FK_CTS, 0), m, 20);
+    case FR_RTS_EMPTY: return fr_post(p, IBV_WR_SEND_WITH_IMM, fr_imm(FK_RTS, 0), NULL, 0);
+    case FR_RTS_ZERO: put_u64(m, 0); return fr_post(p, IBV_WR_SEND_WITH_IMM, fr_imm(FK_RTS, 0), m, 8);
+    case FR_SINK_WRAP:
+        put_u64(m, UINT64_MAX - 4095), put_u64(m + 8, 8192), put_u32(m + 16, 0x1234);
+        return fr_post(p, IBV_WR_SEND_WITH_IMM, fr_imm(FK_SINK, 0), m, 20);
+    case FR_WDONE: return fr_post(p, IBV_WR_RDMA_WRITE_WITH_IMM, fr_imm(FK_WDONE, 0), NULL, 0);
+    case FR_BAD_MAGIC:
+    case FR_BAD_MTU:
+        fr_record(rec, which == FR_BAD_MAGIC ? "XRDM" : "FRDM", which == FR_BAD_MAGIC ? REC_MTU : 3000);
+        return tcp_write_all(p->fd, rec, sizeof rec) ? IBV_WC_SUCCESS : -1;
+    case FR_STOPS: { /* the SET_TENSOR promises 368 payload bytes that never come */
+        m[13] = CMD_SET_TENSOR;
+        put_u64(m + 14, 304 + 64);
+        int s = fr_post(p, IBV_WR_SEND_WITH_IMM, fr_imm(FK_DATA, 0), m, 22);
+        shutdown(p->fd, SHUT_WR); /* still able to see the server close its end */
+        return s;
+    }
+    case FR_N: break;
+    }
+    return -1;
+}
+
+/* For the record when a connection outlived its violation: a correct
+ * request on it, answered or not. */
+static void fr_note_alive(struct fr_conn *c) {
+    uint8_t req[13], rsp[24] = { 0 };
+    struct ibv_wc wc;
+    fr_get_mem_request(req);
+    bool alive = fr_post(&c->p, IBV_WR_SEND_WITH_IMM, fr_imm(FK_DATA, 0), req, sizeof req) == IBV_WC_SUCCESS &&
+                 fr_recv(&c->p, &wc, rsp, sizeof rsp) && wc.byte_len == 24 && get_u64(rsp) == 16;
+    printf("  note: that connection %s\n", alive ? "still serves: GET_DEVICE_MEMORY on it is answered"
+                                                   : "does not answer GET_DEVICE_MEMORY either");
+}
+
+static const char *fr_status(int s) {
+    return s < 0 ? "no completion" : ibv_wc_status_str((enum ibv_wc_status)s);
+}
+
+/* One hostile connection, then what must hold: that connection dropped
+ * within CLOSE_WAIT_S, counted, none left open, and a ferry client served
+ * as if nothing had happened. */
+static void fr_case(struct test_server *ts, const char *dev, enum fr_case which) {
+    const char *id = fr_cases[which].id;
+    printf("  case %s: %s\n", id, fr_cases[which].what);
+    struct ferry_server_stats st0, st;
+    ferry_server_get_stats(ts->s, &st0);
+    struct fr_conn c;
+    bool up = fr_open(&c, dev, ts->port, fr_cases[which].own_record);
+    if (EXPECT(up, "%s: connected and %s%s%s", id, fr_cases[which].own_record ? "at RTR" : "negotiated (FRDM, mtu 1024)",
+               up ? "" : ": ", c.fail)) {
+        int s = fr_misbehave(&c, which);
+        double took = 0;
+        const char *how = fr_wait_closed(&c.p, CLOSE_WAIT_S, &took);
+        if (how)
+            EXPECT(true, "%s: the server dropped the connection: %s after %.2f s (our work request: %s)", id, how, took,
+                   fr_status(s));
+        else {
+            EXPECT(false, "%s: the server dropped the connection: still open after %.0f s (our work request: %s)", id,
+                   CLOSE_WAIT_S, fr_status(s));
+            fr_note_alive(&c);
+        }
+        EXPECT(c.p.tcp_bytes == 0, "%s: nothing came on TCP after the negotiation (%" PRIu64 " bytes)", id,
+               c.p.tcp_bytes);
+    }
+    gp_close(&c.p);
+    st = fr_settled(ts, CLOSE_WAIT_S);
+    uint64_t dropped = st.conns_dropped - st0.conns_dropped;
+    if (fr_cases[which].violation)
+        EXPECT(st.conns_open == 0 && dropped >= 1,
+               "%s: conns_open back to %" PRIu64 ", conns_dropped +%" PRIu64 " (a protocol error)", id, st.conns_open,
+               dropped);
+    else
+        EXPECT(st.conns_open == 0, "%s: conns_open back to %" PRIu64 " (conns_dropped +%" PRIu64 ")", id,
+               st.conns_open, dropped);
+    char endpoint[48], line[400];
+    snprintf(endpoint, sizeof endpoint, "%s:%d", SERVER_IP, ts->port);
+    bool ok = fr_good_client(endpoint, dev, 100 + (uint64_t)which, line, sizeof line);
+    EXPECT(ok, "%s: then a ferry client does 1 MiB + 1 byte SET/GET: %s", id, line);
+    struct ferry_server_stats after = fr_settled(ts, CLOSE_WAIT_S);
+    EXPECT(after.conns_open == 0 && after.conns_dropped == st.conns_dropped,
+           "%s: and leaves cleanly (conns_open %" PRIu64 ", conns_dropped +%" PRIu64 ")", id, after.conns_open,
+           after.conns_dropped - st.conns_dropped);
+}
+
+static void part3(void) {
+    printf("-- part 3: hostile ferry-framing clients (this test) against ferry's server\n");
+    struct test_server ts;
+    if (!ferry_server_up(&ts)) return;
+    const char *dev = getenv("FERRY_RDMA_DEV");
+    if (!dev || !*dev) dev = "rxe0";
+    fr_control(&ts, dev);
+    for (int i = 0; i < FR_N; i++) fr_case(&ts, dev, (enum fr_case)i);
+    test_server_stop(&ts);
+}
+
 /* ---- main ----------------------------------------------------------------------------- */
 
 static void on_alarm(int sig) {
@@ -1067,6 +1470,8 @@ int main(void) {
     part1();
     printf("  [%.1f s]\n", now_s() - t0);
     part2();
+    printf("  [%.1f s]\n", now_s() - t0);
+    part3();
     printf("  [%.1f s]\n", now_s() - t0);
     return test_summary();
 }
