@@ -745,6 +745,9 @@ int rdma_recv_some(struct ferry_conn *c, void *buf, size_t len, size_t *got, int
             if (placed) break;
             continue;
         }
+        /* a sink's bytes are already where the caller will read them: do
+         * not let a header's read-ahead take (and copy) them */
+        if (e->kind == K_SINKDONE && done) break;
         size_t k = e->len - r->rx_pos < len - done ? (size_t)(e->len - r->rx_pos) : len - done;
         const uint8_t *src = e->kind == K_SINKDONE ? r->sink.p + r->rx_pos
                                                    : r->rx_buf + (size_t)e->slot * RDMA_CHUNK + r->rx_pos;
