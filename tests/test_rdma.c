@@ -776,7 +776,7 @@ static void test_memlock(void) {
 /* ---- a partition: the RDMA path fails while TCP (over lo) stays up ------------------ */
 
 /* Only the queue pair can tell: the liveness socket is fine. The sender's
- * retries run out (timeout 14, retry_cnt 7: seconds), its completion
+ * retries run out (timeout 14, retry_cnt 6: about half a second), its completion
  * fails, and the client gets an error; the server drops that connection
  * and goes on serving. Needs root (tc, ip link). */
 static void test_partition(void) {

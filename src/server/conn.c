@@ -411,13 +411,14 @@ static int hello(struct conn_state *st, struct ferry_error *err) {
      * client offered RDMA: either that ferry's RDMA framing is on offer, or
      * why RDMA was refused */
     bool ext = false;
+    struct ferry_rpc_request client;
+    if ((rc = ferry_rpc_decode_request(FERRY_RPC_CMD_HELLO, caps, sizeof caps, &client, err))) return rc;
     if (!cfg->no_ferry_ext) {
         rsp.flags = FERRY_RPC_HELLO_FLAG_EXT_STATS;
-        bool client_offers = caps[0] | caps[1] | caps[2] | caps[3];
         if (rsp.caps.qpn != 0) {
             rsp.flags |= FERRY_RPC_HELLO_FLAG_RDMA_EXT;
             ext = true;
-        } else if (client_offers) {
+        } else if (client.u.hello.qpn != 0) {
             int why = cfg->transport == FERRY_TRANSPORT_TCP ? FERRY_RDMA_REFUSED_TCP_ONLY : ferry_conn_rdma_refusal(st->c);
             rsp.flags |= (uint8_t)(why << FERRY_RPC_HELLO_REFUSAL_SHIFT);
         }

@@ -254,6 +254,7 @@ static bool dev_cache_get(struct rdma_conn *r, const char *key) {
         r->roce_v2 = dev_cache[i].v2;
         r->gid = g;
         r->port_mtu = pa.active_mtu;
+        r->max_msg = pa.max_msg_sz;
         snprintf(r->dev_name, sizeof r->dev_name, "%s", dev_cache[i].name);
         hit = true;
     }
@@ -344,6 +345,7 @@ static int open_device(struct rdma_conn *r, struct ferry_error *err) {
             r->gid_index = idx;
             r->roce_v2 = v2;
             r->port_mtu = pa.active_mtu;
+            r->max_msg = pa.max_msg_sz;
             if (ibv_query_gid(ctx, p, idx, &r->gid) != 0) r->ctx = NULL;
             snprintf(r->dev_name, sizeof r->dev_name, "%s", name);
         }
@@ -600,11 +602,8 @@ static int requalify(struct rdma_conn *r, enum ibv_mtu mtu, struct ferry_error *
 /* ---- HELLO hooks -------------------------------------------------------------------- */
 
 static void encode_caps(const struct rdma_conn *r, uint8_t out[24]) {
-    uint32_t qpn = r->qp->qp_num, psn = r->psn;
-    for (int i = 0; i < 4; i++) {
-        out[i] = (uint8_t)(qpn >> (8 * i));
-        out[4 + i] = (uint8_t)(psn >> (8 * i));
-    }
+    rdma_put32(out, r->qp->qp_num);
+    rdma_put32(out + 4, r->psn);
     memcpy(out + 8, r->gid.raw, 16);
 }
 
@@ -614,11 +613,7 @@ static int decode_caps(struct rdma_conn *r, const uint8_t *in, size_t len, bool 
                        struct ferry_error *err) {
     *offered = false;
     if (len < 24) return ferry_fail(err, FERRY_ERR_PROTOCOL, "%s: %zu caps bytes (expected 24)", r->base.name, len);
-    uint32_t qpn = 0, psn = 0;
-    for (int i = 0; i < 4; i++) {
-        qpn |= (uint32_t)in[i] << (8 * i);
-        psn |= (uint32_t)in[4 + i] << (8 * i);
-    }
+    uint32_t qpn = rdma_get32(in), psn = rdma_get32(in + 4);
     if (qpn == 0) return FERRY_OK;
     static const uint8_t zero[16];
     if (qpn > 0xffffff || psn > 0xffffff || memcmp(in + 8, zero, 16) == 0)
@@ -647,10 +642,7 @@ static int prepare(struct rdma_conn *r, struct ferry_error *err) {
     if (rc) r->refusal = FERRY_RDMA_REFUSED_NO_GID;
     if (rc == FERRY_OK && (rc = create_qp(r, err)))
         r->refusal = rc == FERRY_ERR_NOMEM ? FERRY_RDMA_REFUSED_MEMLOCK : FERRY_RDMA_REFUSED_SETUP;
-    if (rc == FERRY_OK) {
-        struct ibv_port_attr pa;
-        r->max_msg = ibv_query_port(r->ctx, r->port, &pa) == 0 && pa.max_msg_sz ? pa.max_msg_sz : (1u << 20);
-    }
+    if (rc == FERRY_OK && r->max_msg == 0) r->max_msg = 1u << 20; /* a device that does not say */
     if (rc) {
         destroy_verbs(r);
         if (required(r)) {
@@ -736,22 +728,15 @@ static void set_reason(struct record *m, const char *why) {
     m->reason[n] = '\0';
 }
 
-static void rec_put32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint32_t rec_get32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 static void rec_encode(const struct record *m, uint8_t out[REC_SIZE]) {
     memset(out, 0, REC_SIZE);
     memcpy(out, "FRDM", 4);
     out[4] = REC_VERSION;
     out[5] = m->status;
-    rec_put32(out + 8, m->mtu);
-    rec_put32(out + 12, m->depth);
-    rec_put32(out + 16, m->rx_size);
-    rec_put32(out + 20, m->features);
+    rdma_put32(out + 8, m->mtu);
+    rdma_put32(out + 12, m->depth);
+    rdma_put32(out + 16, m->rx_size);
+    rdma_put32(out + 20, m->features);
     snprintf((char *)out + 24, 72, "%s", m->reason);
 }
 
@@ -765,10 +750,10 @@ static int rec_decode(struct rdma_conn *r, const uint8_t in[REC_SIZE], struct re
     if (memcmp(in, "FRDM", 4) != 0 || in[4] != REC_VERSION || in[5] > 1)
         return ferry_fail(err, FERRY_ERR_PROTOCOL, "%s: not a ferry RDMA record (or another version)", r->base.name);
     m->status = in[5];
-    m->mtu = rec_get32(in + 8);
-    m->depth = rec_get32(in + 12);
-    m->rx_size = rec_get32(in + 16);
-    m->features = rec_get32(in + 20);
+    m->mtu = rdma_get32(in + 8);
+    m->depth = rdma_get32(in + 12);
+    m->rx_size = rdma_get32(in + 16);
+    m->features = rdma_get32(in + 20);
     memcpy(m->reason, in + 24, 72);
     m->reason[71] = '\0';
     enum ibv_mtu mtu;
@@ -799,10 +784,9 @@ static int rec_recv(struct rdma_conn *r, struct record *m, struct ferry_error *e
 }
 
 /* Ours: what this side receives into, and what it proposes. */
-static struct record rec_ours(const struct rdma_conn *r, enum ibv_mtu mtu) {
+static struct record rec_ours(enum ibv_mtu mtu) {
     struct record m = { .status = 0, .mtu = (uint32_t)rdma_mtu_bytes(mtu), .depth = RX_DEPTH,
                         .rx_size = RDMA_CHUNK, .features = REC_FEAT_WRITE };
-    (void)r;
     return m;
 }
 
@@ -845,7 +829,7 @@ int rdma_server_record(struct rdma_conn *r, struct ferry_error *err) {
     }
     enum ibv_mtu want = IBV_MTU_256;
     mtu_from_bytes(peer.mtu, &want);
-    struct record ours = rec_ours(r, want < r->mtu ? want : r->mtu);
+    struct record ours = rec_ours(want < r->mtu ? want : r->mtu);
     if (want < r->mtu) {
         struct ferry_error e;
         if (requalify(r, want, &e) || to_rts(r, ST_PENDING, &e)) {
@@ -874,7 +858,7 @@ int rdma_server_record(struct rdma_conn *r, struct ferry_error *err) {
 static int client_negotiate(struct rdma_conn *r, struct ferry_error *err) {
     enum ibv_mtu mtu = choose_mtu(r);
     struct ferry_error e;
-    struct record ours = rec_ours(r, mtu);
+    struct record ours = rec_ours(mtu);
     if (to_rtr(r, mtu, &e)) {
         ours.status = 1;
         set_reason(&ours, e.msg);

@@ -32,29 +32,12 @@ static int64_t now_us(void) {
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static void put_u64(uint8_t *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint64_t get_u64(const uint8_t *p) {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-static void put_u32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint32_t get_u32(const uint8_t *p) {
-    uint32_t v = 0;
-    for (int i = 0; i < 4; i++) v |= (uint32_t)p[i] << (8 * i);
-    return v;
-}
-
 #define REMOTE_SIZE 20 /* addr u64, len u64, rkey u32: a CTS or a sink */
 
 static void encode_remote(uint8_t out[REMOTE_SIZE], uint64_t addr, uint64_t len, uint32_t rkey) {
-    put_u64(out, addr);
-    put_u64(out + 8, len);
-    put_u32(out + 16, rkey);
+    rdma_put64(out, addr);
+    rdma_put64(out + 8, len);
+    rdma_put32(out + 16, rkey);
 }
 
 static int broken(struct rdma_conn *r, int code, struct ferry_error *err, const char *what) {
@@ -240,13 +223,13 @@ static int on_recv(struct rdma_conn *r, const struct ibv_wc *wc, struct ferry_er
         if (write || len) return broken(r, FERRY_ERR_PROTOCOL, err, "malformed credit message");
         break;
     case K_RTS:
-        if (write || len != 8 || (marker = get_u64(p)) == 0)
+        if (write || len != 8 || (marker = rdma_get64(p)) == 0)
             return broken(r, FERRY_ERR_PROTOCOL, err, "malformed RTS");
         break;
     case K_CTS:
     case K_SINK: {
         if (write || len != REMOTE_SIZE) return broken(r, FERRY_ERR_PROTOCOL, err, "malformed CTS or sink");
-        struct rdma_remote m = { true, get_u64(p), get_u64(p + 8), get_u32(p + 16) };
+        struct rdma_remote m = { true, rdma_get64(p), rdma_get64(p + 8), rdma_get32(p + 16) };
         uint64_t end;
         if (__builtin_add_overflow(m.addr, m.len, &end))
             return broken(r, FERRY_ERR_PROTOCOL, err, "CTS or sink range overflows");
@@ -310,6 +293,13 @@ static int reap(struct rdma_conn *r, struct ferry_error *err) {
     }
 }
 
+/* The credits owed to the peer, handed over with the next message. */
+static uint32_t take_credits(struct rdma_conn *r) {
+    uint32_t give = r->rx_unreturned > 0xffff ? 0xffff : r->rx_unreturned;
+    r->rx_unreturned -= give;
+    return give;
+}
+
 /* Returns the buffers re-posted so far in a message of their own, when
  * enough have piled up and nothing else is going the peer's way. Uses the
  * credit kept back for this, never waits. */
@@ -317,13 +307,12 @@ static int return_credits(struct rdma_conn *r, struct ferry_error *err) {
     if (r->state != ST_FERRY || r->rx_unreturned < RX_DEPTH / 2 || r->tx_credits < 1 ||
         r->sq_inflight >= SQ_DEPTH)
         return FERRY_OK;
-    uint32_t give = r->rx_unreturned > 0xffff ? 0xffff : r->rx_unreturned;
+    uint32_t give = take_credits(r); /* a failed post breaks the connection: nothing to undo */
     struct ibv_send_wr wr = { .wr_id = SEND_TAG | NO_SLOT, .num_sge = 0, .opcode = IBV_WR_SEND_WITH_IMM,
                               .send_flags = IBV_SEND_SIGNALED, .imm_data = htonl(IMM(K_CREDIT, give)) },
                        *bad = NULL;
     int e = ibv_post_send(r->qp, &wr, &bad);
     if (e) return broken(r, FERRY_ERR_IO, err, "posting a credit message failed");
-    r->rx_unreturned -= give;
     r->tx_credits--;
     r->sq_inflight++;
     r->base.stats.sends_posted++;
@@ -445,12 +434,6 @@ static int wait_room(struct rdma_conn *r, uint32_t credits, int64_t deadline, st
     return FERRY_OK;
 }
 
-static uint32_t take_credits(struct rdma_conn *r) {
-    uint32_t give = r->rx_unreturned > 0xffff ? 0xffff : r->rx_unreturned;
-    r->rx_unreturned -= give;
-    return give;
-}
-
 /* One SEND of v[0..n) (len bytes, at most one chunk): inline from the
  * caller's memory when small enough, else copied into a send buffer. In
  * ferry mode it carries kind and the credits owed. */
@@ -523,15 +506,18 @@ static int send_ctrl(struct rdma_conn *r, uint8_t kind, const void *p, size_t le
     return post_bytes(r, &v, len ? 1 : 0, len, kind, deadline, err);
 }
 
+#define NO_IMM 0xff /* write_range: no immediate on the last WRITE either */
+
 /* RDMA WRITEs of src[0..len) (registered, lkey) to the peer's raddr, the
- * last one with an immediate of kind so the peer learns it is there. */
+ * last one with an immediate of kind (unless NO_IMM) so the peer learns
+ * it is there. */
 static int write_range(struct rdma_conn *r, const uint8_t *src, uint64_t len, uint32_t lkey, uint64_t raddr,
                        uint32_t rkey, uint8_t kind, int64_t deadline, struct ferry_error *err) {
     uint64_t step = r->max_msg < MAX_WRITE ? r->max_msg : MAX_WRITE;
     uint64_t off = 0;
     do {
         uint64_t k = len - off < step ? len - off : step;
-        bool last = off + k == len;
+        bool last = off + k == len && kind != NO_IMM;
         int rc = wait_room(r, last ? 2 : 0, deadline, err);
         if (rc) return rc;
         struct ibv_sge sge = { (uintptr_t)(src + off), (uint32_t)k, lkey };
@@ -575,7 +561,7 @@ static int send_by_write(struct rdma_conn *r, const uint8_t *p, size_t n, int64_
     size_t off = 0;
     while (off < n && rc == FERRY_OK) {
         uint8_t m[8];
-        put_u64(m, n - off);
+        rdma_put64(m, n - off);
         r->rts_outstanding = true;
         r->cts.valid = false;
         if ((rc = send_ctrl(r, K_RTS, m, sizeof m, deadline, err))) break;
@@ -627,30 +613,17 @@ static int ferry_send(struct rdma_conn *r, const struct iovec *iov, int n, int h
         r->peer_sink.valid = false; /* good for this reply only */
         if (sink_fits(r, iov + hdr_parts, n - hdr_parts, &s)) {
             if ((rc = send_stream(r, iov, hdr_parts, deadline, err))) return rc;
+            int last = n - 1; /* sink_fits: the payload is not empty */
+            while (iov[last].iov_len == 0) last--;
             uint64_t at = s.addr;
-            for (int i = hdr_parts; i < n; i++) {
+            for (int i = hdr_parts; i <= last; i++) {
                 if (iov[i].iov_len == 0) continue;
-                bool last = true;
-                for (int j = i + 1; j < n; j++) last = last && iov[j].iov_len == 0;
                 struct rdma_region *g = find_region(r, iov[i].iov_base, iov[i].iov_len);
-                /* only the last WRITE says "done"; the others carry no immediate */
-                uint64_t len = iov[i].iov_len;
-                if (last) {
-                    rc = write_range(r, iov[i].iov_base, len, g->mr->lkey, at, s.rkey, K_SINKDONE, deadline, err);
-                } else {
-                    rc = wait_room(r, 0, deadline, err);
-                    struct ibv_sge sge = { (uintptr_t)iov[i].iov_base, (uint32_t)len, g->mr->lkey };
-                    struct ibv_send_wr wr = { .wr_id = SEND_TAG | NO_SLOT, .sg_list = &sge, .num_sge = 1,
-                                              .opcode = IBV_WR_RDMA_WRITE };
-                    wr.wr.rdma.remote_addr = at;
-                    wr.wr.rdma.rkey = s.rkey;
-                    if (rc == FERRY_OK && len > r->max_msg)
-                        rc = broken(r, FERRY_ERR_INVALID, err, "reply segment larger than one WRITE");
-                    if (rc == FERRY_OK) rc = post_wr(r, &wr, err);
-                    if (rc == FERRY_OK) r->base.stats.write_bytes += len;
-                }
+                /* only the last WRITE says "done" */
+                rc = write_range(r, iov[i].iov_base, iov[i].iov_len, g->mr->lkey, at, s.rkey,
+                                 i == last ? K_SINKDONE : NO_IMM, deadline, err);
                 if (rc) return rc;
-                at += len;
+                at += iov[i].iov_len;
             }
             return wait_sent(r, deadline, err);
         }
