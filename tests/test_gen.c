@@ -36,19 +36,6 @@ static const enum ferry_type WTYPES[] = { FERRY_TYPE_F32, FERRY_TYPE_F16, FERRY_
 
 static void path_in_tmp(char *buf, size_t cap, const char *name) { snprintf(buf, cap, "%s/%s", tmpdir, name); }
 
-static uint8_t *slurp(const char *path, size_t *size) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *p = malloc((size_t)n + 1);
-    if (fread(p, 1, (size_t)n, f) != (size_t)n) { free(p); p = NULL; }
-    fclose(f);
-    *size = (size_t)n;
-    return p;
-}
-
 static struct ferry_gguf *gen_and_open(const struct ferry_gen_params *p, const char *name) {
     char path[512];
     path_in_tmp(path, sizeof path, name);
@@ -235,7 +222,7 @@ static void test_determinism(void) {
     p.seed = 2;
     CHECK(ferry_gen_model(&p, c, &err) == FERRY_OK, "gen c: %s", err.msg);
     size_t na = 0, nb = 0, nc = 0;
-    uint8_t *fa = slurp(a, &na), *fb = slurp(b, &nb), *fc = slurp(c, &nc);
+    uint8_t *fa = test_read_file(a, &na), *fb = test_read_file(b, &nb), *fc = test_read_file(c, &nc);
     CHECK(fa && fb && na == nb && memcmp(fa, fb, na) == 0, "same seed gives identical bytes");
     CHECK(fc && nc == na, "another seed gives the same size");
     struct ferry_gguf *ga = NULL, *gc = NULL;

@@ -9,19 +9,6 @@
 #include "ferry/gguf.h"
 #include "testutil.h"
 
-static uint8_t *read_file(const char *path, size_t *size) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *p = malloc((size_t)n + 1);
-    if (fread(p, 1, (size_t)n, f) != (size_t)n) { free(p); p = NULL; }
-    fclose(f);
-    *size = (size_t)n;
-    return p;
-}
-
 /* Parses an exact-size heap copy so that any read past the end is caught. */
 static int parse_copy(const uint8_t *data, size_t n, struct ferry_error *err) {
     uint8_t *copy = malloc(n ? n : 1);
@@ -96,7 +83,7 @@ static void test_round_trip(uint8_t **file, size_t *file_size, size_t *data_end)
     CHECK(ferry_gguf_find_tensor(g, "nope") == NULL, "absent tensor");
     *data_end = ferry_gguf_data_offset(g) + t->offset + t->size;
     ferry_gguf_close(g);
-    *file = read_file(path, file_size);
+    *file = test_read_file(path, file_size);
     unlink(path);
 }
 

@@ -169,3 +169,17 @@ void test_server_stop(struct test_server *ts) {
     ferry_server_destroy(ts->s);
     ts->s = NULL;
 }
+
+uint8_t *test_read_file(const char *path, size_t *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    long n = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    uint8_t *p = n >= 0 && fseek(f, 0, SEEK_SET) == 0 ? malloc((size_t)n + 1) : NULL;
+    if (p && fread(p, 1, (size_t)n, f) != (size_t)n) {
+        free(p);
+        p = NULL;
+    }
+    fclose(f);
+    *size = p ? (size_t)n : 0;
+    return p;
+}

@@ -34,6 +34,8 @@ void test_tensor_fill_uniform(struct ferry_tensor *t, uint64_t *state, float lo,
 
 /* Removes a flat directory (a test's mkdtemp scratch) and the files in it. */
 void test_remove_dir(const char *dir);
+/* A whole file in a malloc'd buffer (*size bytes), or NULL. */
+uint8_t *test_read_file(const char *path, size_t *size);
 
 /* An in-process `ferry serve` on a thread of the test. */
 struct test_server {
