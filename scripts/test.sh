@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Builds ferry and runs its test suite.
-#   scripts/test.sh              release build (-Werror) in build/
-#   scripts/test.sh --sanitize   AddressSanitizer + UBSan build (clang) in build-asan/
+#   scripts/test.sh              Release build (-O3, -Werror) in build/; every other
+#                                configuration a user may build: scripts/test-matrix.sh
+#   scripts/test.sh --sanitize   AddressSanitizer + UBSan build (clang) in build-asan/, the
+#                                engine suites again at each lower SIMD level
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 dir=build
-flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo)
+flags=(-DCMAKE_BUILD_TYPE=Release)
 if [ "${1:-}" = "--sanitize" ]; then
     dir=build-asan
     export CC=clang
@@ -16,3 +18,12 @@ cmake -S . -B "$dir" -G Ninja -DFERRY_WERROR=ON "${flags[@]}" >/dev/null
 ninja -C "$dir"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 ctest --test-dir "$dir" --output-on-failure
+if [ "$dir" = build-asan ]; then
+    # the engine's suites again with the SIMD level capped, so that every
+    # kernel level this CPU has runs under the sanitizers, not only the best
+    for cap in avx2 scalar; do
+        echo "== engine suites under the sanitizers with FERRY_SIMD=$cap"
+        FERRY_SIMD=$cap ctest --test-dir "$dir" --output-on-failure \
+            -R '^test_(golden|matmul|ops_elementwise|ops_misc|engine|selfcheck|quants|model)$'
+    done
+fi

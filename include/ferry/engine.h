@@ -34,6 +34,15 @@ int ferry_engine_compute(struct ferry_engine *e, struct ferry_tensor *const *nod
 /* Which SIMD kernels this process picked at startup ("avx512", "avx2", "scalar"). */
 const char *ferry_engine_simd_name(void);
 
+/* Checks the dot-product kernels this process may use, one known product
+ * per weight type and SIMD level, against a reference computed in double.
+ * Runs once per process (well under a millisecond) and remembers the result;
+ * the server and the model runner refuse to start when it fails, since the
+ * build would compute wrong numbers. FERRY_OK, or FERRY_ERR_INVALID with
+ * the kernel, level and numbers in err. n_checked (may be NULL) receives
+ * how many kernel sets were checked. */
+int ferry_engine_self_check(int *n_checked, struct ferry_error *err);
+
 #ifdef __cplusplus
 }
 #endif

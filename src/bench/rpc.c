@@ -55,6 +55,7 @@ struct cpu_mark {
 
 static void cpu_mark(struct bench *b, struct cpu_mark *m) {
     m->server_ok = false;
+    m->server_ns = 0;
     if (b->c && b->is_ferry) {
         struct ferry_client_server_stats st;
         if (ferry_client_server_stats(b->c, &st, NULL) == FERRY_OK) {
@@ -195,7 +196,7 @@ static int run_reps(struct bench *b, op_fn fn, bool rpc, uint64_t size, struct b
     if (rc) return rc;
     double target = b->o.quick ? BW_TARGET_S / 5 : BW_TARGET_S;
     int cap = b->o.quick ? BW_MAX_REPS / 10 : BW_MAX_REPS, reps = 0;
-    struct cpu_mark m0, m1;
+    struct cpu_mark m0 = { 0 }, m1 = { 0 };
     if (rpc) cpu_mark(b, &m0);
     else m0.client_ns = bench_thread_cpu_ns(), m0.server_ok = false;
     double t0 = bench_now_s(), t = t0;

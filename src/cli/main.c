@@ -234,7 +234,10 @@ static int cmd_serve(int argc, char **argv) {
     } else if (!rdma) {
         fprintf(stderr, "  rdma       : %s\n", why);
     }
-    fprintf(stderr, "  simd       : %s\n", ferry_engine_simd_name());
+    int n_checked = 0;
+    ferry_engine_self_check(&n_checked, NULL);
+    fprintf(stderr, "  simd       : %s (self-check: %d dot-product kernel sets, ok)\n", ferry_engine_simd_name(),
+            n_checked);
     fprintf(stderr, "  max conns  : %d\n", cfg.max_conns);
 
     g_server = s;

@@ -1,5 +1,6 @@
 /* The graph executor: checks every node, then runs them in order on the
  * thread pool, one barrier per node, as ggml's CPU backend does. */
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -8,6 +9,7 @@
 #include "ferry/engine.h"
 #include "ops/common.h"
 #include "ops/ops.h"
+#include "ops/vecdot.h"
 #include "threadpool.h"
 
 struct ferry_run_state {
@@ -43,6 +45,26 @@ void ferry_op_fail(const struct ferry_compute_params *p, int code, const char *f
 
 bool ferry_op_failed(const struct ferry_compute_params *p) {
     return atomic_load_explicit(&p->state->failed, memory_order_relaxed) != 0;
+}
+
+/* The self-check runs once per process; every caller sees its result. */
+static pthread_once_t self_check_once = PTHREAD_ONCE_INIT;
+static int self_check_rc, self_check_count;
+static char self_check_why[200];
+
+static void run_self_check(void) {
+    self_check_rc = ferry_vec_dot_self_check(&self_check_count, self_check_why, sizeof self_check_why);
+}
+
+int ferry_engine_self_check(int *n_checked, struct ferry_error *err) {
+    pthread_once(&self_check_once, run_self_check);
+    if (n_checked) *n_checked = self_check_count;
+    if (self_check_rc != 0)
+        return ferry_fail(err, FERRY_ERR_INVALID,
+                          "kernel self-check failed: %s; this build computes wrong numbers (FERRY_SIMD=avx2 or "
+                          "scalar selects other kernels; please report the compiler and build type)",
+                          self_check_why);
+    return FERRY_OK;
 }
 
 struct ferry_engine *ferry_engine_create(int n_threads) {

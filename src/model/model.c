@@ -388,6 +388,7 @@ int ferry_model_load(const struct ferry_model_params *p, struct ferry_model **ou
     m->n_batch = p->n_batch > 0 ? p->n_batch : 512;
     if (m->n_batch > m->n_ctx) m->n_batch = m->n_ctx;
 
+    if ((rc = ferry_engine_self_check(NULL, err))) goto fail;
     float split[FERRY_MODEL_MAX_RPC] = { 0 };
     if ((rc = connect_servers(m, split, err))) goto fail;
     struct plan_entry plan[FERRY_MODEL_MAX_RPC + 2];

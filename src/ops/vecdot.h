@@ -68,6 +68,15 @@ static inline struct ferry_q8_row ferry_q8_row(const void *y, int64_t n) {
     return (struct ferry_q8_row){ q, d, d + n / 32 };
 }
 
+/* ---- self-check (selfcheck.c) ------------------------------------------------
+ * One known dot product of weight type t through the kernel set vd (which
+ * was picked for level): 0, or -1 with what is wrong in why. */
+int ferry_vec_dot_check(enum ferry_type t, enum ferry_simd_level level, const struct ferry_vec_dot *vd,
+                        char *why, size_t why_size);
+/* Every type's kernels at every level up to the process's: 0 and the number
+ * of kernel sets checked, or -1 with the first failure in why. */
+int ferry_vec_dot_self_check(int *n_checked, char *why, size_t why_size);
+
 /* ---- portable pieces (vecdot.c), also used by tests and SIMD tails -------- */
 void ferry_vec_dot_f32(int64_t n, float *s, const void *x, const void *y);
 void ferry_prepare_q8_0(const void *x, void *y, int64_t n);     /* f32 -> prepared Q8_0 */

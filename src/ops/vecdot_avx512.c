@@ -88,8 +88,13 @@ static inline __m512i dot_signed_madd(__m512i x, __m512i y) {
     return dot_madd(_mm512_abs_epi8(x), _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y));
 }
 
-/* Blocks after the last full group of eight: plain integer loops. */
-static float q4_0_tail(const uint8_t *x, struct ferry_q8_row y, int64_t i, int64_t nb) {
+/* Blocks after the last full group of eight: plain integer loops, kept out
+ * of line so that they are compiled for this file's ISA and never inside a
+ * VNNI function. GCC 12 at -O3 vectorizes a signed-byte product loop in a
+ * function that may use VNNI into vpdpbusd, which reads one operand as
+ * unsigned: Q8_0 weights read as (int8_t) of a uint8_t came out wrong
+ * whenever a row had a tail (test_matmul checks every kernel at tail lengths). */
+__attribute__((noinline)) static float q4_0_tail(const uint8_t *x, struct ferry_q8_row y, int64_t i, int64_t nb) {
     float sum = 0.0f;
     for (; i < nb; i++) {
         const uint8_t *blk = x + 18 * i;
@@ -102,12 +107,13 @@ static float q4_0_tail(const uint8_t *x, struct ferry_q8_row y, int64_t i, int64
     return sum;
 }
 
-static float q8_0_tail(const uint8_t *x, struct ferry_q8_row y, int64_t i, int64_t nb) {
+__attribute__((noinline)) static float q8_0_tail(const uint8_t *x, struct ferry_q8_row y, int64_t i, int64_t nb) {
     float sum = 0.0f;
     for (; i < nb; i++) {
         const uint8_t *blk = x + 34 * i;
+        const int8_t *xq = (const int8_t *)(blk + 2);
         int32_t isum = 0;
-        for (int j = 0; j < 32; j++) isum += (int8_t)blk[2 + j] * y.q[32 * i + j];
+        for (int j = 0; j < 32; j++) isum += xq[j] * y.q[32 * i + j];
         sum += (float)isum * (fp16_to_fp32(u16_at(blk)) * y.d[i]);
     }
     return sum;

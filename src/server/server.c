@@ -93,6 +93,8 @@ int ferry_server_create(const struct ferry_server_config *cfg, struct ferry_serv
         rc = ferry_fail(err, FERRY_ERR_IO, "pipe: %s", strerror(errno));
         goto fail;
     }
+    /* never serve numbers from kernels that compute wrong ones */
+    if ((rc = ferry_engine_self_check(NULL, err)) != FERRY_OK) goto fail;
     s->engine = ferry_engine_create(s->cfg.n_threads);
     if (s->engine == NULL) {
         rc = ferry_fail(err, FERRY_ERR_NOMEM, "cannot start %d engine threads", s->cfg.n_threads);

@@ -239,7 +239,7 @@ static void dev_key(const struct rdma_conn *r, const char *ip, char *key, size_t
 static bool dev_cache_get(struct rdma_conn *r, const char *key) {
     bool hit = false;
     pthread_mutex_lock(&dev_cache_lock);
-    for (int i = 0; i < dev_cache_n && !hit; i++) {
+    for (int i = 0; i < dev_cache_n && i < DEV_CACHE && !hit; i++) {
         if (strcmp(dev_cache[i].key, key) != 0) continue;
         struct ibv_port_attr pa;
         union ibv_gid g;
