@@ -2,11 +2,14 @@
  * decoder, against two fake buffers. Whatever decodes must be safe to run:
  * every tensor with memory lies inside a buffer (ASan checks the reads
  * below against exact-size allocations), nodes point into the tensor array,
- * and the referenced buffers are the ones the records name. */
+ * and the referenced buffers are the ones the records name. Then the engine
+ * plans it, as the server does: its checks must refuse or accept, never
+ * crash. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ferry/engine.h"
 #include "proto/rpc.h"
 
 #include "fake_buffers.h"
@@ -47,6 +50,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (i && g->buffers[i - 1] >= g->buffers[i]) abort();
         if (!ferry_rpc_graph_uses_buffer(g, g->buffers[i])) abort();
     }
+    static struct ferry_engine *engine;
+    if (!engine) engine = ferry_engine_create(1);
+    struct ferry_engine_plan *plan = NULL;
+    rc = ferry_engine_plan(engine, g->nodes, (int)g->n_nodes, &plan, &err);
+    if ((rc == FERRY_OK) != (plan != NULL) || (rc && !err.msg[0])) abort();
+    ferry_engine_plan_free(plan);
     ferry_rpc_graph_free(g);
     return 0;
 }

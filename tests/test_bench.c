@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bench/bench.h"
+#include "cli/bench.h"
 #include "ferry/client.h"
 #include "ferry/log.h"
 #include "ferry/server.h"

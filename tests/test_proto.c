@@ -728,6 +728,18 @@ static int decode(const uint8_t *p, size_t len, uint32_t n_devices, struct ferry
     if (rc) {
         if (*g) rc = 12345; /* must never hand out a graph on failure */
         if (!err->msg[0]) rc = 12346;
+        return rc;
+    }
+    /* what the server does next: the engine plans it (op rules, memory) */
+    static struct ferry_engine *planner;
+    if (!planner) planner = ferry_engine_create(1);
+    struct ferry_engine_plan *plan = NULL;
+    rc = ferry_engine_plan(planner, (*g)->nodes, (int)(*g)->n_nodes, &plan, err);
+    ferry_engine_plan_free(plan);
+    if (rc) {
+        if (!err->msg[0]) rc = 12346;
+        ferry_rpc_graph_free(*g);
+        *g = NULL;
     }
     return rc;
 }

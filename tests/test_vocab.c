@@ -12,7 +12,7 @@
 
 #include "ferry/gguf.h"
 #include "ferry/vocab.h"
-#include "model/unicode.h"
+#include "text/unicode.h"
 #include "testutil.h"
 
 static char tmpdir[256];

@@ -23,7 +23,21 @@ int ferry_engine_n_threads(const struct ferry_engine *e);
  * FERRY_ERR_UNSUPPORTED / FERRY_ERR_INVALID with the reason in err. */
 int ferry_engine_check_node(const struct ferry_tensor *node, struct ferry_error *err);
 
-/* Runs the nodes in order. Nodes without FERRY_FLAG_COMPUTE and view ops
+/* A graph checked once and ready to run again and again (a server's
+ * GRAPH_RECOMPUTE, a model's decode step): every node that has the COMPUTE
+ * flag passes ferry_engine_check_node and has memory for its output and its
+ * sources; kernels and scratch are resolved. The plan points at the nodes:
+ * it holds while their types, shapes, strides and memory stay as they were
+ * (data may change between runs), and only for the engine it was made for. */
+struct ferry_engine_plan;
+int ferry_engine_plan(struct ferry_engine *e, struct ferry_tensor *const *nodes, int n_nodes,
+                      struct ferry_engine_plan **out, struct ferry_error *err);
+/* Runs a plan without checking it again; data errors found while running
+ * (an index out of range) stop the graph with FERRY_ERR_INVALID. */
+int ferry_engine_run(struct ferry_engine *e, const struct ferry_engine_plan *plan, struct ferry_error *err);
+void ferry_engine_plan_free(struct ferry_engine_plan *plan);
+
+/* Plans, runs and frees: runs the nodes in order. Nodes without FERRY_FLAG_COMPUTE and view ops
  * are skipped, as in ggml. Every node is checked before anything runs; an
  * index read at run time that is out of range stops the graph with
  * FERRY_ERR_INVALID. Tensor memory must already be valid: extents are the

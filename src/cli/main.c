@@ -9,7 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "bench/bench.h"
+#include "cli/bench.h"
 #include "cli/cli.h"
 #include "ferry/engine.h"
 #include "ferry/log.h"

@@ -9,13 +9,9 @@
 #include "ferry/engine.h"
 #include "ops/common.h"
 #include "ops/ops.h"
+#include "ops/simd.h"
 #include "ops/vecdot.h"
 #include "threadpool.h"
-
-struct ferry_run_state {
-    atomic_int failed;
-    struct ferry_error err; /* written once, by the thread that set failed */
-};
 
 struct ferry_engine {
     struct ferry_threadpool *pool;
@@ -28,24 +24,12 @@ struct graph_job {
     struct ferry_tensor *const *nodes;
     const struct ferry_kernel **kernels; /* NULL: nothing to run for this node */
     int n_nodes;
-    struct ferry_run_state state;
+    struct ferry_op_status state;
 };
 
-void ferry_barrier(const struct ferry_compute_params *p) { ferry_threadpool_barrier(p->pool); }
+static void pool_barrier(void *pool) { ferry_threadpool_barrier(pool); }
 
-void ferry_op_fail(const struct ferry_compute_params *p, int code, const char *fmt, ...) {
-    int expected = 0;
-    if (!atomic_compare_exchange_strong(&p->state->failed, &expected, 1)) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(p->state->err.msg, sizeof p->state->err.msg, fmt, ap);
-    va_end(ap);
-    p->state->err.code = code;
-}
-
-bool ferry_op_failed(const struct ferry_compute_params *p) {
-    return atomic_load_explicit(&p->state->failed, memory_order_relaxed) != 0;
-}
+const char *ferry_engine_simd_name(void) { return ferry_simd_level_name(ferry_simd_level()); }
 
 /* The self-check runs once per process; every caller sees its result. */
 static pthread_once_t self_check_once = PTHREAD_ONCE_INIT;
@@ -153,11 +137,18 @@ int ferry_engine_check_node(const struct ferry_tensor *node, struct ferry_error 
 
 static bool has_data(const struct ferry_tensor *t) { return t->data || ferry_is_empty(t); }
 
+struct ferry_engine_plan {
+    int n_nodes, nth;
+    struct ferry_tensor **nodes;
+    const struct ferry_kernel **kernels; /* NULL: nothing to run for this node */
+    size_t work;                         /* scratch the largest node needs */
+};
+
 static void run_graph(void *arg, int ith, int nth) {
     struct graph_job *job = arg;
     struct ferry_compute_params p = {
         .ith = ith, .nth = nth, .wdata = job->engine->work, .wsize = job->engine->work_size,
-        .pool = job->engine->pool, .state = &job->state,
+        .barrier = pool_barrier, .barrier_ctx = job->engine->pool, .status = &job->state,
     };
     for (int i = 0; i < job->n_nodes; i++) {
         if (!job->kernels[i]) continue;
@@ -167,54 +158,93 @@ static void run_graph(void *arg, int ith, int nth) {
     }
 }
 
-int ferry_engine_compute(struct ferry_engine *e, struct ferry_tensor *const *nodes, int n_nodes,
-                         struct ferry_error *err) {
-    if (n_nodes < 0) return ferry_fail(err, FERRY_ERR_INVALID, "negative node count");
-    if (n_nodes == 0) return FERRY_OK;
-    const struct ferry_kernel **kernels = calloc((size_t)n_nodes, sizeof *kernels);
-    if (!kernels) return ferry_fail(err, FERRY_ERR_NOMEM, "out of memory for %d nodes", n_nodes);
+void ferry_engine_plan_free(struct ferry_engine_plan *plan) {
+    if (!plan) return;
+    free(plan->nodes);
+    free(plan->kernels);
+    free(plan);
+}
 
-    int nth = ferry_threadpool_size(e->pool);
-    size_t work = 0;
-    int rc = FERRY_OK;
+/* A node that runs: checked, with memory for its output and every source. */
+static int plan_node(struct ferry_tensor *node, struct ferry_error *err) {
+    int rc = ferry_engine_check_node(node, err);
+    if (rc || is_view_op(node->op)) return rc;
+    if (!has_data(node)) return ferry_fail(err, FERRY_ERR_INVALID, "%s: output has no memory", ferry_op_name(node->op));
+    for (int s = 0; s < FERRY_MAX_SRC; s++)
+        if (node->src[s] && !has_data(node->src[s]))
+            return ferry_fail(err, FERRY_ERR_INVALID, "%s: src%d has no memory", ferry_op_name(node->op), s);
+    return FERRY_OK;
+}
+
+int ferry_engine_plan(struct ferry_engine *e, struct ferry_tensor *const *nodes, int n_nodes,
+                      struct ferry_engine_plan **out, struct ferry_error *err) {
+    *out = NULL;
+    if (n_nodes < 0) return ferry_fail(err, FERRY_ERR_INVALID, "negative node count");
+    struct ferry_engine_plan *plan = calloc(1, sizeof *plan);
+    size_t n = n_nodes ? (size_t)n_nodes : 1;
+    if (plan) {
+        plan->nodes = malloc(n * sizeof *plan->nodes);
+        plan->kernels = calloc(n, sizeof *plan->kernels);
+    }
+    if (!plan || !plan->nodes || !plan->kernels) {
+        ferry_engine_plan_free(plan);
+        return ferry_fail(err, FERRY_ERR_NOMEM, "out of memory for %d nodes", n_nodes);
+    }
+    plan->n_nodes = n_nodes;
+    plan->nth = ferry_threadpool_size(e->pool);
     for (int i = 0; i < n_nodes; i++) {
         struct ferry_tensor *node = nodes[i];
-        if (!node) { rc = ferry_fail(err, FERRY_ERR_INVALID, "node %d is missing", i); break; }
-        if (!(node->flags & FERRY_FLAG_COMPUTE) || is_view_op(node->op)) continue;
-        rc = ferry_engine_check_node(node, err);
-        if (rc) break;
-        if (!has_data(node)) { rc = ferry_fail(err, FERRY_ERR_INVALID, "%s: output has no memory", ferry_op_name(node->op)); break; }
-        for (int s = 0; s < FERRY_MAX_SRC && !rc; s++)
-            if (node->src[s] && !has_data(node->src[s]))
-                rc = ferry_fail(err, FERRY_ERR_INVALID, "%s: src%d has no memory", ferry_op_name(node->op), s);
-        if (rc) break;
-        if (ferry_is_empty(node)) continue; /* nothing to write */
-        kernels[i] = ferry_kernel_for(node->op);
-        if (kernels[i]->work_size) {
-            size_t w = kernels[i]->work_size(node, nth);
-            if (w > work) work = w;
+        plan->nodes[i] = node;
+        if (!node) {
+            ferry_engine_plan_free(plan);
+            return ferry_fail(err, FERRY_ERR_INVALID, "node %d is missing", i);
+        }
+        if (!(node->flags & FERRY_FLAG_COMPUTE)) continue;
+        int rc = plan_node(node, err);
+        if (rc) {
+            ferry_engine_plan_free(plan);
+            return rc;
+        }
+        if (is_view_op(node->op) || ferry_is_empty(node)) continue; /* nothing to write */
+        plan->kernels[i] = ferry_kernel_for(node->op);
+        if (plan->kernels[i]->work_size) {
+            size_t w = plan->kernels[i]->work_size(node, plan->nth);
+            if (w > plan->work) plan->work = w;
         }
     }
-    if (rc == FERRY_OK && work > e->work_size) {
-        size_t rounded = work > SIZE_MAX - 63 ? 0 : (work + 63) & ~(size_t)63;
+    *out = plan;
+    return FERRY_OK;
+}
+
+int ferry_engine_run(struct ferry_engine *e, const struct ferry_engine_plan *plan, struct ferry_error *err) {
+    if (plan->nth != ferry_threadpool_size(e->pool))
+        return ferry_fail(err, FERRY_ERR_INVALID, "plan made for %d threads, engine has %d", plan->nth,
+                          ferry_threadpool_size(e->pool));
+    if (plan->n_nodes == 0) return FERRY_OK;
+    if (plan->work > e->work_size) {
+        size_t rounded = plan->work > SIZE_MAX - 63 ? 0 : (plan->work + 63) & ~(size_t)63;
         void *p = rounded ? aligned_alloc(64, rounded) : NULL;
-        if (!p) {
-            rc = ferry_fail(err, FERRY_ERR_NOMEM, "out of memory for %zu bytes of scratch", work);
-        } else {
-            free(e->work);
-            e->work = p;
-            e->work_size = rounded;
-        }
+        if (!p) return ferry_fail(err, FERRY_ERR_NOMEM, "out of memory for %zu bytes of scratch", plan->work);
+        free(e->work);
+        e->work = p;
+        e->work_size = rounded;
     }
-    if (rc == FERRY_OK) {
-        struct graph_job job = { .engine = e, .nodes = nodes, .kernels = kernels, .n_nodes = n_nodes };
-        atomic_init(&job.state.failed, 0);
-        ferry_threadpool_run(e->pool, run_graph, &job);
-        if (atomic_load(&job.state.failed)) {
-            rc = job.state.err.code;
-            if (err) *err = job.state.err;
-        }
+    struct graph_job job = { .engine = e, .nodes = plan->nodes, .kernels = plan->kernels, .n_nodes = plan->n_nodes };
+    atomic_init(&job.state.failed, 0);
+    ferry_threadpool_run(e->pool, run_graph, &job);
+    if (atomic_load(&job.state.failed)) {
+        if (err) *err = job.state.err;
+        return job.state.err.code;
     }
-    free(kernels);
+    return FERRY_OK;
+}
+
+int ferry_engine_compute(struct ferry_engine *e, struct ferry_tensor *const *nodes, int n_nodes,
+                         struct ferry_error *err) {
+    struct ferry_engine_plan *plan;
+    int rc = ferry_engine_plan(e, nodes, n_nodes, &plan, err);
+    if (rc) return rc;
+    rc = ferry_engine_run(e, plan, err);
+    ferry_engine_plan_free(plan);
     return rc;
 }

@@ -38,6 +38,10 @@ struct stage {
     uint64_t kv_bytes; /* the KV cache buffer, both sides */
     size_t compute_size;
     struct gbuild g;
+    /* local: the engine's plan of the last graph, reused while the batch
+     * shape holds (the builder then makes the same nodes in the same place) */
+    struct ferry_engine_plan *plan;
+    struct llama_batch_shape plan_shape;
     uint8_t *blob_host; /* remote: the inputs, packed before upload */
     size_t blob_cap;
     /* load figures */
@@ -304,6 +308,7 @@ static void stage_free(struct stage *st) {
         for (int i = 0; i < 3; i++)
             if (bufs[i]->client) ferry_client_free_buffer(st->client, bufs[i], NULL);
     }
+    ferry_engine_plan_free(st->plan);
     gb_free(&st->g);
     free(st->weights);
     free(st->weight_src);
@@ -474,7 +479,13 @@ static int run_stage(struct ferry_model *m, struct stage *st, const struct llama
     size_t out_bytes = ferry_nbytes(out);
     if (!st->client) {
         fill_inputs(m, st, &in, bs, tokens, embd, in.blob->data);
-        rc = ferry_engine_compute(m->engine, st->g.nodes, st->g.n_nodes, err);
+        if (!st->plan || memcmp(&st->plan_shape, bs, sizeof *bs) != 0) {
+            ferry_engine_plan_free(st->plan);
+            st->plan = NULL;
+            if ((rc = ferry_engine_plan(m->engine, st->g.nodes, st->g.n_nodes, &st->plan, err))) return rc;
+            st->plan_shape = *bs;
+        }
+        rc = ferry_engine_run(m->engine, st->plan, err);
         *result = out->data;
         return rc;
     }

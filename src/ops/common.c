@@ -1,5 +1,22 @@
 #include "common.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+
+void ferry_op_fail(const struct ferry_compute_params *p, int code, const char *fmt, ...) {
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&p->status->failed, &expected, 1)) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->status->err.msg, sizeof p->status->err.msg, fmt, ap);
+    va_end(ap);
+    p->status->err.code = code;
+}
+
+bool ferry_op_failed(const struct ferry_compute_params *p) {
+    return atomic_load_explicit(&p->status->failed, memory_order_relaxed) != 0;
+}
+
 int check_src_count(const struct ferry_tensor *node, int n_required, struct ferry_error *err) {
     for (int i = 0; i < n_required; i++)
         if (!node->src[i])

@@ -8,25 +8,33 @@
 #ifndef FERRY_OPS_H
 #define FERRY_OPS_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
 #include "ferry/error.h"
 #include "ferry/tensor.h"
 
-struct ferry_threadpool;
-struct ferry_run_state;
+/* The first failure of a running graph, shared by every thread. */
+struct ferry_op_status {
+    atomic_int failed;
+    struct ferry_error err; /* written once, by the thread that set failed */
+};
 
+/* What the executor hands each kernel call: the thread's share, scratch,
+ * the graph's barrier and failure slot. Kernels reach the executor only
+ * through these, never by calling up into it. */
 struct ferry_compute_params {
     int ith, nth;
     void *wdata;  /* scratch shared by all threads for this node, 64-byte aligned */
     size_t wsize; /* its size: at least what work_size() asked for */
-    struct ferry_threadpool *pool;
-    struct ferry_run_state *state;
+    void (*barrier)(void *ctx); /* waits until every thread has reached it */
+    void *barrier_ctx;
+    struct ferry_op_status *status;
 };
 
 /* Waits until every thread of the pool has reached it. */
-void ferry_barrier(const struct ferry_compute_params *p);
+static inline void ferry_barrier(const struct ferry_compute_params *p) { p->barrier(p->barrier_ctx); }
 /* Records the first failure of the running graph; later ones are ignored. */
 void ferry_op_fail(const struct ferry_compute_params *p, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

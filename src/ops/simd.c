@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ferry/engine.h"
 
 static atomic_int level = -1;
 
@@ -61,4 +60,3 @@ const char *ferry_simd_level_name(enum ferry_simd_level l) {
     }
 }
 
-const char *ferry_engine_simd_name(void) { return ferry_simd_level_name(ferry_simd_level()); }

@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ferry/engine.h"
 #include "proto/rpc.h"
 
 int ferry_rpc_graph_parse_header(const uint8_t *p, size_t len, struct ferry_rpc_graph_header *h,
@@ -245,36 +244,6 @@ static int resolve_nodes(struct decoder *d, const uint8_t *ids, struct ferry_err
     return FERRY_OK;
 }
 
-/* Ops the engine never runs (ggml treats them as no-ops too). */
-static bool is_view_op(int op) {
-    return op == FERRY_OP_NONE || op == FERRY_OP_RESHAPE || op == FERRY_OP_VIEW ||
-           op == FERRY_OP_PERMUTE || op == FERRY_OP_TRANSPOSE;
-}
-
-static bool has_memory(const struct ferry_tensor *t) { return t->data || ferry_is_empty(t); }
-
-/* The engine skips nodes without the COMPUTE flag, so only those it will
- * run must be runnable; custom ops were refused for every record already.
- * A node that runs needs memory for its output and every source: the
- * engine would refuse it too, but only once the graph is handed to it. */
-static int check_nodes(const struct ferry_rpc_graph *g, struct ferry_error *err) {
-    for (uint32_t i = 0; i < g->n_nodes; i++) {
-        const struct ferry_tensor *node = g->nodes[i];
-        if (!(node->flags & FERRY_FLAG_COMPUTE)) continue;
-        int rc = ferry_engine_check_node(node, err);
-        if (rc) return fail_at(err, rc, "node", i);
-        if (is_view_op((int)node->op)) continue;
-        if (!has_memory(node))
-            return ferry_fail(err, FERRY_ERR_INVALID, "GRAPH_COMPUTE: node %u (%s) has no memory", i,
-                              ferry_op_name((int)node->op));
-        for (int s = 0; s < FERRY_MAX_SRC; s++)
-            if (node->src[s] && !has_memory(node->src[s]))
-                return ferry_fail(err, FERRY_ERR_INVALID, "GRAPH_COMPUTE: node %u (%s): src%d has no memory",
-                                  i, ferry_op_name((int)node->op), s);
-    }
-    return FERRY_OK;
-}
-
 static int compare_u64(const void *a, const void *b) {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return x < y ? -1 : x > y;
@@ -322,7 +291,7 @@ int ferry_rpc_graph_decode(const uint8_t *p, size_t len, uint32_t n_devices,
     if (h.device >= n_devices)
         return ferry_fail(err, FERRY_ERR_INVALID, "GRAPH_COMPUTE: device %u, server has %u", h.device,
                           n_devices);
-    if (h.n_nodes > INT_MAX) /* ferry_engine_compute counts nodes in an int */
+    if (h.n_nodes > INT_MAX) /* the engine counts nodes in an int */
         return ferry_fail(err, FERRY_ERR_INVALID, "GRAPH_COMPUTE: %u nodes", h.n_nodes);
 
     struct decoder d = { .records = p + h.tensors_offset };
@@ -340,7 +309,6 @@ int ferry_rpc_graph_decode(const uint8_t *p, size_t len, uint32_t n_devices,
     if (!rc) rc = wire_sources(&d, err);
     if (!rc) rc = check_acyclic(d.g, err);
     if (!rc) rc = resolve_nodes(&d, p + h.nodes_offset, err);
-    if (!rc) rc = check_nodes(d.g, err);
     if (!rc) rc = collect_buffers(&d, err);
 done:
     free(d.info);

@@ -373,7 +373,8 @@ uint64_t ferry_fnv1a64(const void *data, size_t n);
 int ferry_rpc_graph_parse_header(const uint8_t *p, size_t len, struct ferry_rpc_graph_header *h,
                                  struct ferry_error *err);
 
-/* A decoded, validated graph, ready for ferry_engine_compute(nodes, n_nodes). */
+/* A decoded graph that keeps every wire rule, ready to be planned by the
+ * engine (which checks what its ops need). */
 struct ferry_rpc_graph {
     uint32_t device;
     uint32_t n_tensors;
@@ -390,8 +391,9 @@ struct ferry_rpc_graph {
  * device < n_devices, every record (id != 0 and unique, op known and not a
  * custom op, type valid, extent inside its buffer via the resolver, data
  * and strides aligned), every src/view_src id resolvable, views consistent
- * with their base, no cycles, node ids known, and every node with the
- * COMPUTE flag accepted by ferry_engine_check_node. Duplicate ids are
+ * with their base, no cycles, node ids known. What the ops need (types,
+ * shapes, memory for every node that runs) is the engine's to check, once,
+ * when it plans the graph (ferry_engine_plan). Duplicate ids are
  * rejected: ggml's client deduplicates by pointer, so they never occur in
  * honest traffic. */
 int ferry_rpc_graph_decode(const uint8_t *p, size_t len, uint32_t n_devices,

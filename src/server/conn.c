@@ -24,7 +24,8 @@ struct conn_state {
     struct ferry_server *s;
     struct ferry_conn *c;
     struct buffer_table buffers;
-    struct ferry_rpc_graph *last_graph; /* for GRAPH_RECOMPUTE */
+    struct ferry_rpc_graph *last_graph; /* for GRAPH_RECOMPUTE, with its plan */
+    struct ferry_engine_plan *last_plan;
     uint64_t commands, compute_ns, graphs;
     uint64_t counted_in, counted_out; /* transport bytes already added to server stats */
     bool hung_up; /* the client closed between requests: the normal end */
@@ -60,11 +61,19 @@ static int check_device(uint32_t device, struct ferry_error *err) {
     return FERRY_OK;
 }
 
-static int compute(struct conn_state *st, struct ferry_rpc_graph *g, struct ferry_error *err) {
+/* The stored graph and its plan go together: a plan points into the graph. */
+static void forget_graph(struct conn_state *st) {
+    ferry_engine_plan_free(st->last_plan);
+    ferry_rpc_graph_free(st->last_graph);
+    st->last_plan = NULL;
+    st->last_graph = NULL;
+}
+
+static int compute(struct conn_state *st, const struct ferry_engine_plan *plan, struct ferry_error *err) {
     struct ferry_server *s = st->s;
     pthread_mutex_lock(&s->engine_lock);
     uint64_t t0 = server_now_ns();
-    int rc = ferry_engine_compute(s->engine, g->nodes, (int)g->n_nodes, err);
+    int rc = ferry_engine_run(s->engine, plan, err);
     uint64_t dt = server_now_ns() - t0;
     pthread_mutex_unlock(&s->engine_lock);
     st->compute_ns += dt;
@@ -132,10 +141,7 @@ static int do_free_buffer(struct conn_state *st, uint64_t handle, struct ferry_e
     server_mem_release(st->s, size);
     atomic_fetch_sub(&st->s->buffers_open, 1);
     /* the stored graph points into that memory: it can never run again */
-    if (st->last_graph && ferry_rpc_graph_uses_buffer(st->last_graph, handle)) {
-        ferry_rpc_graph_free(st->last_graph);
-        st->last_graph = NULL;
-    }
+    if (st->last_graph && ferry_rpc_graph_uses_buffer(st->last_graph, handle)) forget_graph(st);
     return respond(st, NULL, 0, err);
 }
 
@@ -247,9 +253,22 @@ static int do_graph_compute(struct conn_state *st, uint64_t size, struct ferry_e
         rc = ferry_rpc_graph_decode(p, (size_t)size, N_DEVICES, buffers_resolve, &st->buffers, &g, err);
     free(p);
     if (rc) return rc;
-    ferry_rpc_graph_free(st->last_graph);
+    /* checked once here, outside the engine lock; GRAPH_RECOMPUTE reuses the plan */
+    struct ferry_engine_plan *plan = NULL;
+    rc = ferry_engine_plan(st->s->engine, g->nodes, (int)g->n_nodes, &plan, err);
+    if (rc) {
+        ferry_rpc_graph_free(g);
+        if (err) {
+            char reason[sizeof err->msg];
+            memcpy(reason, err->msg, sizeof reason);
+            ferry_fail(err, rc, "GRAPH_COMPUTE: %s", reason);
+        }
+        return rc;
+    }
+    forget_graph(st);
     st->last_graph = g;
-    return compute(st, g, err);
+    st->last_plan = plan;
+    return compute(st, plan, err);
 }
 
 static int do_graph_recompute(struct conn_state *st, uint32_t device, struct ferry_error *err) {
@@ -258,7 +277,7 @@ static int do_graph_recompute(struct conn_state *st, uint32_t device, struct fer
     if (st->last_graph == NULL)
         return ferry_fail(err, FERRY_ERR_INVALID,
                           "GRAPH_RECOMPUTE without a stored graph (none computed, or a buffer it used was freed)");
-    return compute(st, st->last_graph, err);
+    return compute(st, st->last_plan, err);
 }
 
 static int do_device_memory(struct conn_state *st, uint32_t device, struct ferry_error *err) {
@@ -468,7 +487,7 @@ void *server_conn_main(void *arg) {
     ferry_conn_close(sc->conn);
     sc->conn = NULL;
 
-    ferry_rpc_graph_free(st.last_graph);
+    forget_graph(&st);
     size_t n_buffers = st.buffers.n;
     uint64_t freed = buffers_destroy(&st.buffers);
     server_mem_release(s, freed);

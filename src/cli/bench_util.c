@@ -7,7 +7,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#include "bench/bench.h"
+#include "cli/bench.h"
 
 const uint64_t bench_sizes[BENCH_N_SIZES] = {
     4ull << 10, 64ull << 10, 1ull << 20, 16ull << 20, 64ull << 20, 256ull << 20, 1ull << 30,

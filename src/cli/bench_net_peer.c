@@ -14,7 +14,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "bench/bench.h"
+#include "cli/bench.h"
 #include "ferry/log.h"
 #include "proto/rpc.h" /* little-endian field access */
 

@@ -10,7 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "bench/bench.h"
+#include "cli/bench.h"
 #include "proto/rpc.h"
 
 int bench_net_connect(const char *host, int port, int *fd, struct ferry_error *err) {

@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "bench/bench.h"
+#include "cli/bench.h"
 #include "ferry/client.h"
 
 #define TIME_CAP_S 10.0       /* per latency measure */
