@@ -106,7 +106,7 @@ int rpc_raw_request(struct rpc_raw *c, uint8_t cmd, const void *payload, size_t 
     uint8_t len[FERRY_RPC_RSP_HEADER_SIZE];
     rc = ferry_conn_recv_header(c->conn, len, sizeof len, &c->err);
     if (rc != FERRY_OK) return rc;
-    uint64_t size = ferry_rpc_get_u64(len);
+    uint64_t size = ferry_get_le64(len);
     rc = ferry_rpc_check_response_size(cmd, size, rsp_len, &c->err);
     if (rc != FERRY_OK) return rc;
     if (size != rsp_len)
@@ -300,10 +300,10 @@ uint8_t *rpc_raw_graph_build(uint32_t device, const uint64_t *nodes, uint32_t n_
     *len = at + 4 + FERRY_RPC_TENSOR_SIZE * (size_t)n_recs;
     uint8_t *p = malloc(*len);
     if (!p) return NULL;
-    ferry_rpc_put_u32(p, device);
-    ferry_rpc_put_u32(p + 4, n_nodes);
-    for (uint32_t i = 0; i < n_nodes; i++) ferry_rpc_put_u64(p + 8 + 8 * (size_t)i, nodes[i]);
-    ferry_rpc_put_u32(p + at, n_recs);
+    ferry_put_le32(p, device);
+    ferry_put_le32(p + 4, n_nodes);
+    for (uint32_t i = 0; i < n_nodes; i++) ferry_put_le64(p + 8 + 8 * (size_t)i, nodes[i]);
+    ferry_put_le32(p + at, n_recs);
     for (uint32_t i = 0; i < n_recs; i++)
         ferry_rpc_tensor_encode(&recs[i], p + at + 4 + FERRY_RPC_TENSOR_SIZE * (size_t)i);
     return p;

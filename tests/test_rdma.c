@@ -134,11 +134,11 @@ static void test_no_device(void) {
         uint8_t caps[24] = { 0x11, 0x22, 0x03, 0, 0x11, 0x22, 0x03, 0 };
         caps[18] = caps[19] = 0xff, caps[20] = 127, caps[23] = 1;
         uint8_t cmd = FERRY_RPC_CMD_HELLO, len[8];
-        ferry_rpc_put_u64(len, 24);
+        ferry_put_le64(len, 24);
         struct iovec hdr[2] = { { &cmd, 1 }, { len, 8 } }, body = { caps, 24 };
         uint8_t rl[8], rsp[28];
         bool ok = ferry_conn_send(raw->conn, hdr, 2, &body, 1, &err) == FERRY_OK &&
-                  ferry_conn_recv_header(raw->conn, rl, 8, &err) == FERRY_OK && ferry_rpc_get_u64(rl) == 28 &&
+                  ferry_conn_recv_header(raw->conn, rl, 8, &err) == FERRY_OK && ferry_get_le64(rl) == 28 &&
                   ferry_conn_recv_payload(raw->conn, rsp, 28, &err) == FERRY_OK;
         static const uint8_t zero[24];
         CHECK(ok && memcmp(rsp + 4, zero, 24) == 0, "RDMA caps answered with zeros: %s", ok ? "" : err.msg);
@@ -514,7 +514,7 @@ static void test_bad_caps(struct test_server *ts) {
         if (!CHECK(rpc_raw_connect(SERVER_IP, ts->port, 5000, &raw, &err) == FERRY_OK, "raw connect: %s", err.msg))
             return;
         uint8_t cmd = FERRY_RPC_CMD_HELLO, len[8], rl[8];
-        ferry_rpc_put_u64(len, 24);
+        ferry_put_le64(len, 24);
         struct iovec hdr[2] = { { &cmd, 1 }, { len, 8 } }, body = { (void *)bad[k], 24 };
         int rc = ferry_conn_send(raw->conn, hdr, 2, &body, 1, &err);
         if (rc == FERRY_OK) rc = ferry_conn_recv_header(raw->conn, rl, 8, &err);

@@ -37,7 +37,7 @@ static int call2(struct ferry_conn *c, uint8_t cmd, const void *a, size_t an, co
                  void *rsp, size_t rsp_n) {
     struct ferry_error err;
     uint8_t cmdb = cmd, len[8];
-    ferry_rpc_put_u64(len, an + bn);
+    ferry_put_le64(len, an + bn);
     struct iovec hdr[2] = { { &cmdb, 1 }, { len, 8 } };
     struct iovec body[2] = { { (void *)a, an }, { (void *)b, bn } };
     int rc = ferry_conn_send(c, hdr, 2, body, 2, &err);
@@ -45,7 +45,7 @@ static int call2(struct ferry_conn *c, uint8_t cmd, const void *a, size_t an, co
     uint8_t rl[8];
     rc = ferry_conn_recv_header(c, rl, 8, &err);
     if (rc) return rc;
-    if (ferry_rpc_get_u64(rl) != rsp_n) return FERRY_ERR_PROTOCOL;
+    if (ferry_get_le64(rl) != rsp_n) return FERRY_ERR_PROTOCOL;
     return ferry_conn_recv_payload(c, rsp, rsp_n, &err);
 }
 static int call(struct ferry_conn *c, uint8_t cmd, const void *req, size_t n, void *rsp, size_t rsp_n) {
@@ -86,7 +86,7 @@ static struct ferry_conn *connect_hello(void) {
 static uint64_t u64_call(struct ferry_conn *c, uint8_t cmd, const void *req, size_t n) {
     uint8_t r[8] = { 0 };
     if (call(c, cmd, req, n, r, 8) != FERRY_OK) return UINT64_MAX;
-    return ferry_rpc_get_u64(r);
+    return ferry_get_le64(r);
 }
 
 static uint64_t alloc_buffer(struct ferry_conn *c, uint64_t size, uint64_t *got_size) {
@@ -94,8 +94,8 @@ static uint64_t alloc_buffer(struct ferry_conn *c, uint64_t size, uint64_t *got_
     struct ferry_rpc_alloc_buffer a = { 0, size };
     ferry_rpc_encode_alloc_buffer(&a, req);
     if (call(c, FERRY_RPC_CMD_ALLOC_BUFFER, req, 12, rsp, 16) != FERRY_OK) return 0;
-    if (got_size) *got_size = ferry_rpc_get_u64(rsp + 8);
-    return ferry_rpc_get_u64(rsp);
+    if (got_size) *got_size = ferry_get_le64(rsp + 8);
+    return ferry_get_le64(rsp);
 }
 
 static uint64_t buffer_base(struct ferry_conn *c, uint64_t h) {
@@ -114,8 +114,8 @@ static void device_memory(struct ferry_conn *c, uint64_t *free_mem, uint64_t *to
     uint8_t req[4], rsp[16] = { 0 };
     ferry_rpc_encode_device(0, req);
     CHECK(call(c, FERRY_RPC_CMD_GET_DEVICE_MEMORY, req, 4, rsp, 16) == FERRY_OK, "GET_DEVICE_MEMORY");
-    *free_mem = ferry_rpc_get_u64(rsp);
-    *total = ferry_rpc_get_u64(rsp + 8);
+    *free_mem = ferry_get_le64(rsp);
+    *total = ferry_get_le64(rsp + 8);
 }
 
 /* A contiguous 1-D or 2-D record at (buffer, data). */
@@ -155,7 +155,7 @@ static int set_tensor_hash(struct ferry_conn *c, const struct ferry_rpc_tensor *
 static uint32_t device_count(struct ferry_conn *c) {
     uint8_t r[4] = { 0 };
     if (call(c, FERRY_RPC_CMD_DEVICE_COUNT, NULL, 0, r, 4) != FERRY_OK) return 0;
-    return ferry_rpc_get_u32(r);
+    return ferry_get_le32(r);
 }
 
 /* Is addr inside any mapping of this process? */

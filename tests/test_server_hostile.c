@@ -757,7 +757,7 @@ static void cases_graphs(void) {
         struct attacker a;
         if (attacker_open(&a, true, 0)) {
             uint8_t g[12] = {0};
-            ferry_rpc_put_u32(g + 4, UINT32_MAX); /* n_nodes 2^32-1 in a 12-byte payload */
+            ferry_put_le32(g + 4, UINT32_MAX); /* n_nodes 2^32-1 in a 12-byte payload */
             rpc_raw_graph_compute(a.c, g, sizeof g);
             expect_closed(&a, "graph: n_nodes 2^32-1 in 12 bytes");
         }

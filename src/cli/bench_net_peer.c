@@ -71,9 +71,9 @@ static void *conn_main(void *arg) {
     uint8_t *buf = calloc(1, CHUNK);
     uint8_t ctl[BENCH_CTL_SIZE];
     while (buf && bench_read_full(pc->fd, ctl, sizeof ctl) == 0) {
-        uint32_t op = ferry_rpc_get_u32(ctl), req = ferry_rpc_get_u32(ctl + 4);
-        uint32_t rsp = ferry_rpc_get_u32(ctl + 8);
-        uint64_t bytes = ferry_rpc_get_u64(ctl + 16);
+        uint32_t op = ferry_get_le32(ctl), req = ferry_get_le32(ctl + 4);
+        uint32_t rsp = ferry_get_le32(ctl + 8);
+        uint64_t bytes = ferry_get_le64(ctl + 16);
         int rc = op == 'P'   ? serve_pingpong(pc->fd, req, rsp, buf)
                  : op == 'S' ? serve_sink(pc->fd, bytes, buf)
                  : op == 'R' ? serve_source(pc->fd, bytes, buf)

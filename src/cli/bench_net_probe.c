@@ -34,10 +34,10 @@ int bench_net_connect(const char *host, int port, int *fd, struct ferry_error *e
 static int send_ctl(int fd, uint32_t op, uint32_t req, uint32_t rsp, uint64_t bytes,
                     struct ferry_error *err) {
     uint8_t ctl[BENCH_CTL_SIZE] = { 0 };
-    ferry_rpc_put_u32(ctl, op);
-    ferry_rpc_put_u32(ctl + 4, req);
-    ferry_rpc_put_u32(ctl + 8, rsp);
-    ferry_rpc_put_u64(ctl + 16, bytes);
+    ferry_put_le32(ctl, op);
+    ferry_put_le32(ctl + 4, req);
+    ferry_put_le32(ctl + 8, rsp);
+    ferry_put_le64(ctl + 16, bytes);
     if (bench_write_full(fd, ctl, sizeof ctl))
         return ferry_fail(err, FERRY_ERR_IO, "bench net: peer gone: %s", strerror(errno));
     return FERRY_OK;

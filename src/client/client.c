@@ -55,7 +55,7 @@ int client_call(struct ferry_client *c, uint8_t cmd, const struct iovec *payload
     uint64_t len = 0;
     for (int i = 0; i < n_payload; i++) len += payload[i].iov_len;
     uint8_t cmd_byte = cmd, len_bytes[8];
-    ferry_rpc_put_u64(len_bytes, len);
+    ferry_put_le64(len_bytes, len);
     /* two header parts, as ggml reads them; TCP coalesces all into one write */
     struct iovec hdr[2] = { { &cmd_byte, 1 }, { len_bytes, 8 } };
     /* a large answer of known size (GET_TENSOR) may be written by the
@@ -71,7 +71,7 @@ int client_call(struct ferry_client *c, uint8_t cmd, const struct iovec *payload
     uint8_t rsp_hdr[FERRY_RPC_RSP_HEADER_SIZE];
     rc = ferry_conn_recv_header(c->conn, rsp_hdr, sizeof rsp_hdr, err);
     if (rc) return mark_broken(c, rc, err);
-    uint64_t size = ferry_rpc_get_u64(rsp_hdr);
+    uint64_t size = ferry_get_le64(rsp_hdr);
     rc = ferry_rpc_check_response_size(cmd, size, rsp_len, err);
     if (rc) return mark_broken(c, rc, err);
     if (size > 0 && (rc = ferry_conn_recv_payload(c->conn, rsp, size, err)))

@@ -18,8 +18,8 @@ int ferry_rpc_graph_parse_header(const uint8_t *p, size_t len, struct ferry_rpc_
     memset(h, 0, sizeof *h);
     if (len < FERRY_RPC_GRAPH_MIN_SIZE)
         return ferry_fail(err, FERRY_ERR_PROTOCOL, "GRAPH_COMPUTE: %zu bytes, need at least 8", len);
-    h->device = ferry_rpc_get_u32(p);
-    h->n_nodes = ferry_rpc_get_u32(p + 4);
+    h->device = ferry_get_le32(p);
+    h->n_nodes = ferry_get_le32(p + 4);
     h->nodes_offset = 8;
     size_t node_bytes, count_at;
     if (__builtin_mul_overflow((size_t)h->n_nodes, (size_t)8, &node_bytes) ||
@@ -27,7 +27,7 @@ int ferry_rpc_graph_parse_header(const uint8_t *p, size_t len, struct ferry_rpc_
         len - count_at < 4)
         return ferry_fail(err, FERRY_ERR_PROTOCOL, "GRAPH_COMPUTE: %u node ids do not fit in %zu bytes",
                           h->n_nodes, len);
-    h->n_tensors = ferry_rpc_get_u32(p + count_at);
+    h->n_tensors = ferry_get_le32(p + count_at);
     h->tensors_offset = count_at + 4;
     size_t tensor_bytes;
     if (__builtin_mul_overflow((size_t)h->n_tensors, (size_t)FERRY_RPC_TENSOR_SIZE, &tensor_bytes) ||
@@ -232,7 +232,7 @@ done:
 
 static int resolve_nodes(struct decoder *d, const uint8_t *ids, struct ferry_error *err) {
     for (uint32_t i = 0; i < d->g->n_nodes; i++) {
-        uint64_t id = ferry_rpc_get_u64(ids + 8 * (size_t)i);
+        uint64_t id = ferry_get_le64(ids + 8 * (size_t)i);
         if (id == 0) return ferry_fail(err, FERRY_ERR_INVALID, "GRAPH_COMPUTE: node %u has id 0", i);
         int64_t j = find_id(d, id);
         if (j < 0)
@@ -481,11 +481,11 @@ int ferry_rpc_graph_encode(uint32_t device, struct ferry_tensor *const *nodes, u
         rc = ferry_fail(err, FERRY_ERR_INVALID, "graph encode: graph too large");
     if (!rc && !(buf = malloc(len))) rc = ferry_fail(err, FERRY_ERR_NOMEM, "graph encode: out of memory");
     if (!rc) {
-        ferry_rpc_put_u32(buf, device);
-        ferry_rpc_put_u32(buf + 4, n_nodes);
-        for (uint32_t i = 0; i < n_nodes; i++) ferry_rpc_put_u64(buf + 8 + 8 * (size_t)i, tensor_id(cb, nodes[i]));
+        ferry_put_le32(buf, device);
+        ferry_put_le32(buf + 4, n_nodes);
+        for (uint32_t i = 0; i < n_nodes; i++) ferry_put_le64(buf + 8 + 8 * (size_t)i, tensor_id(cb, nodes[i]));
         uint8_t *rec = buf + 8 + node_bytes;
-        ferry_rpc_put_u32(rec, (uint32_t)w.n_order);
+        ferry_put_le32(rec, (uint32_t)w.n_order);
         rec += 4;
         for (size_t i = 0; i < w.n_order && !rc; i++, rec += FERRY_RPC_TENSOR_SIZE)
             rc = encode_record(cb, w.order[i], rec, err);

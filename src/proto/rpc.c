@@ -40,13 +40,13 @@ const char *ferry_rpc_cmd_name(int cmd) {
 
 void ferry_rpc_encode_frame_header(uint8_t cmd, uint64_t size, uint8_t out[FERRY_RPC_FRAME_HEADER_SIZE]) {
     out[0] = cmd;
-    ferry_rpc_put_u64(out + 1, size);
+    ferry_put_le64(out + 1, size);
 }
 
 void ferry_rpc_decode_frame_header(const uint8_t in[FERRY_RPC_FRAME_HEADER_SIZE], uint8_t *cmd,
                                    uint64_t *size) {
     *cmd = in[0];
-    *size = ferry_rpc_get_u64(in + 1);
+    *size = ferry_get_le64(in + 1);
 }
 
 /* How a request's size is judged. */
@@ -154,47 +154,47 @@ int ferry_rpc_check_response_size(uint8_t cmd, uint64_t size, uint64_t requested
 /* ---- the tensor record ------------------------------------------------------ */
 
 void ferry_rpc_tensor_encode(const struct ferry_rpc_tensor *t, uint8_t out[FERRY_RPC_TENSOR_SIZE]) {
-    ferry_rpc_put_u64(out + OFF_ID, t->id);
-    ferry_rpc_put_u32(out + OFF_TYPE, t->type);
-    ferry_rpc_put_u64(out + OFF_BUFFER, t->buffer);
+    ferry_put_le64(out + OFF_ID, t->id);
+    ferry_put_le32(out + OFF_TYPE, t->type);
+    ferry_put_le64(out + OFF_BUFFER, t->buffer);
     for (int i = 0; i < FERRY_MAX_DIMS; i++) {
-        ferry_rpc_put_u32(out + OFF_NE + 4 * i, t->ne[i]);
-        ferry_rpc_put_u32(out + OFF_NB + 4 * i, t->nb[i]);
+        ferry_put_le32(out + OFF_NE + 4 * i, t->ne[i]);
+        ferry_put_le32(out + OFF_NB + 4 * i, t->nb[i]);
     }
-    ferry_rpc_put_u32(out + OFF_OP, t->op);
+    ferry_put_le32(out + OFF_OP, t->op);
     for (int i = 0; i < FERRY_MAX_OP_PARAMS; i++)
-        ferry_rpc_put_u32(out + OFF_OP_PARAMS + 4 * i, (uint32_t)t->op_params[i]);
-    ferry_rpc_put_u32(out + OFF_FLAGS, (uint32_t)t->flags);
-    for (int i = 0; i < FERRY_MAX_SRC; i++) ferry_rpc_put_u64(out + OFF_SRC + 8 * i, t->src[i]);
-    ferry_rpc_put_u64(out + OFF_VIEW_SRC, t->view_src);
-    ferry_rpc_put_u64(out + OFF_VIEW_OFFS, t->view_offs);
-    ferry_rpc_put_u64(out + OFF_DATA, t->data);
+        ferry_put_le32(out + OFF_OP_PARAMS + 4 * i, (uint32_t)t->op_params[i]);
+    ferry_put_le32(out + OFF_FLAGS, (uint32_t)t->flags);
+    for (int i = 0; i < FERRY_MAX_SRC; i++) ferry_put_le64(out + OFF_SRC + 8 * i, t->src[i]);
+    ferry_put_le64(out + OFF_VIEW_SRC, t->view_src);
+    ferry_put_le64(out + OFF_VIEW_OFFS, t->view_offs);
+    ferry_put_le64(out + OFF_DATA, t->data);
     /* NUL-terminated and zero-padded, as the client's snprintf leaves it */
     size_t n = strnlen(t->name, FERRY_MAX_NAME - 1);
     memset(out + OFF_NAME, 0, FERRY_MAX_NAME);
     memcpy(out + OFF_NAME, t->name, n);
-    ferry_rpc_put_u32(out + OFF_USE_COUNT, (uint32_t)t->use_count);
+    ferry_put_le32(out + OFF_USE_COUNT, (uint32_t)t->use_count);
 }
 
 void ferry_rpc_tensor_decode(const uint8_t in[FERRY_RPC_TENSOR_SIZE], struct ferry_rpc_tensor *t) {
-    t->id = ferry_rpc_get_u64(in + OFF_ID);
-    t->type = ferry_rpc_get_u32(in + OFF_TYPE);
-    t->buffer = ferry_rpc_get_u64(in + OFF_BUFFER);
+    t->id = ferry_get_le64(in + OFF_ID);
+    t->type = ferry_get_le32(in + OFF_TYPE);
+    t->buffer = ferry_get_le64(in + OFF_BUFFER);
     for (int i = 0; i < FERRY_MAX_DIMS; i++) {
-        t->ne[i] = ferry_rpc_get_u32(in + OFF_NE + 4 * i);
-        t->nb[i] = ferry_rpc_get_u32(in + OFF_NB + 4 * i);
+        t->ne[i] = ferry_get_le32(in + OFF_NE + 4 * i);
+        t->nb[i] = ferry_get_le32(in + OFF_NB + 4 * i);
     }
-    t->op = ferry_rpc_get_u32(in + OFF_OP);
+    t->op = ferry_get_le32(in + OFF_OP);
     for (int i = 0; i < FERRY_MAX_OP_PARAMS; i++)
-        t->op_params[i] = (int32_t)ferry_rpc_get_u32(in + OFF_OP_PARAMS + 4 * i);
-    t->flags = (int32_t)ferry_rpc_get_u32(in + OFF_FLAGS);
-    for (int i = 0; i < FERRY_MAX_SRC; i++) t->src[i] = ferry_rpc_get_u64(in + OFF_SRC + 8 * i);
-    t->view_src = ferry_rpc_get_u64(in + OFF_VIEW_SRC);
-    t->view_offs = ferry_rpc_get_u64(in + OFF_VIEW_OFFS);
-    t->data = ferry_rpc_get_u64(in + OFF_DATA);
+        t->op_params[i] = (int32_t)ferry_get_le32(in + OFF_OP_PARAMS + 4 * i);
+    t->flags = (int32_t)ferry_get_le32(in + OFF_FLAGS);
+    for (int i = 0; i < FERRY_MAX_SRC; i++) t->src[i] = ferry_get_le64(in + OFF_SRC + 8 * i);
+    t->view_src = ferry_get_le64(in + OFF_VIEW_SRC);
+    t->view_offs = ferry_get_le64(in + OFF_VIEW_OFFS);
+    t->data = ferry_get_le64(in + OFF_DATA);
     memcpy(t->name, in + OFF_NAME, FERRY_MAX_NAME);
     t->name[FERRY_MAX_NAME - 1] = '\0'; /* a hostile name need not be terminated */
-    t->use_count = (int32_t)ferry_rpc_get_u32(in + OFF_USE_COUNT);
+    t->use_count = (int32_t)ferry_get_le32(in + OFF_USE_COUNT);
 }
 
 bool ferry_rpc_tensor_is_null(const struct ferry_rpc_tensor *t) {
@@ -333,14 +333,14 @@ int ferry_rpc_check_alignment(const struct ferry_tensor *t, struct ferry_error *
 /* ---- per-command requests ----------------------------------------------------- */
 
 static void encode_caps(const struct ferry_rpc_conn_caps *c, uint8_t *out) {
-    ferry_rpc_put_u32(out, c->qpn);
-    ferry_rpc_put_u32(out + 4, c->psn);
+    ferry_put_le32(out, c->qpn);
+    ferry_put_le32(out + 4, c->psn);
     memcpy(out + 8, c->gid, sizeof c->gid);
 }
 
 static void decode_caps(const uint8_t *in, struct ferry_rpc_conn_caps *c) {
-    c->qpn = ferry_rpc_get_u32(in);
-    c->psn = ferry_rpc_get_u32(in + 4);
+    c->qpn = ferry_get_le32(in);
+    c->psn = ferry_get_le32(in + 4);
     memcpy(c->gid, in + 8, sizeof c->gid);
 }
 
@@ -351,24 +351,24 @@ size_t ferry_rpc_encode_hello(const struct ferry_rpc_conn_caps *c, uint8_t out[F
 
 size_t ferry_rpc_encode_alloc_buffer(const struct ferry_rpc_alloc_buffer *r,
                                      uint8_t out[FERRY_RPC_ALLOC_BUFFER_SIZE]) {
-    ferry_rpc_put_u32(out, r->device);
-    ferry_rpc_put_u64(out + 4, r->size);
+    ferry_put_le32(out, r->device);
+    ferry_put_le64(out + 4, r->size);
     return FERRY_RPC_ALLOC_BUFFER_SIZE;
 }
 
 size_t ferry_rpc_encode_device(uint32_t device, uint8_t out[FERRY_RPC_DEVICE_REQ_SIZE]) {
-    ferry_rpc_put_u32(out, device);
+    ferry_put_le32(out, device);
     return FERRY_RPC_DEVICE_REQ_SIZE;
 }
 
 size_t ferry_rpc_encode_buffer(uint64_t buffer, uint8_t out[FERRY_RPC_BUFFER_REQ_SIZE]) {
-    ferry_rpc_put_u64(out, buffer);
+    ferry_put_le64(out, buffer);
     return FERRY_RPC_BUFFER_REQ_SIZE;
 }
 
 size_t ferry_rpc_encode_buffer_clear(const struct ferry_rpc_buffer_clear *r,
                                      uint8_t out[FERRY_RPC_BUFFER_CLEAR_SIZE]) {
-    ferry_rpc_put_u64(out, r->buffer);
+    ferry_put_le64(out, r->buffer);
     out[8] = r->value;
     return FERRY_RPC_BUFFER_CLEAR_SIZE;
 }
@@ -376,23 +376,23 @@ size_t ferry_rpc_encode_buffer_clear(const struct ferry_rpc_buffer_clear *r,
 size_t ferry_rpc_encode_set_tensor_header(const struct ferry_rpc_tensor *t, uint64_t offset,
                                           uint8_t out[FERRY_RPC_SET_TENSOR_HEADER_SIZE]) {
     ferry_rpc_tensor_encode(t, out);
-    ferry_rpc_put_u64(out + FERRY_RPC_TENSOR_SIZE, offset);
+    ferry_put_le64(out + FERRY_RPC_TENSOR_SIZE, offset);
     return FERRY_RPC_SET_TENSOR_HEADER_SIZE;
 }
 
 size_t ferry_rpc_encode_set_tensor_hash(const struct ferry_rpc_set_tensor_hash *r,
                                         uint8_t out[FERRY_RPC_SET_TENSOR_HASH_SIZE]) {
     ferry_rpc_tensor_encode(&r->tensor, out);
-    ferry_rpc_put_u64(out + 296, r->offset);
-    ferry_rpc_put_u64(out + 304, r->hash);
+    ferry_put_le64(out + 296, r->offset);
+    ferry_put_le64(out + 304, r->hash);
     return FERRY_RPC_SET_TENSOR_HASH_SIZE;
 }
 
 size_t ferry_rpc_encode_get_tensor(const struct ferry_rpc_get_tensor *r,
                                    uint8_t out[FERRY_RPC_GET_TENSOR_SIZE]) {
     ferry_rpc_tensor_encode(&r->tensor, out);
-    ferry_rpc_put_u64(out + 296, r->offset);
-    ferry_rpc_put_u64(out + 304, r->size);
+    ferry_put_le64(out + 296, r->offset);
+    ferry_put_le64(out + 304, r->size);
     return FERRY_RPC_GET_TENSOR_SIZE;
 }
 
@@ -411,7 +411,7 @@ size_t ferry_rpc_encode_init_tensor(const struct ferry_rpc_tensor *t,
 
 size_t ferry_rpc_encode_get_alloc_size(const struct ferry_rpc_get_alloc_size *r,
                                        uint8_t out[FERRY_RPC_GET_ALLOC_SIZE_SIZE]) {
-    ferry_rpc_put_u32(out, r->device);
+    ferry_put_le32(out, r->device);
     ferry_rpc_tensor_encode(&r->tensor, out + 4);
     for (int i = 0; i < FERRY_MAX_SRC; i++)
         ferry_rpc_tensor_encode(&r->srcs[i], out + 4 + FERRY_RPC_TENSOR_SIZE * (size_t)(i + 1));
@@ -421,8 +421,8 @@ size_t ferry_rpc_encode_get_alloc_size(const struct ferry_rpc_get_alloc_size *r,
 size_t ferry_rpc_encode_memset_tensor(const struct ferry_rpc_memset_tensor *r,
                                       uint8_t out[FERRY_RPC_MEMSET_TENSOR_SIZE]) {
     ferry_rpc_tensor_encode(&r->tensor, out);
-    ferry_rpc_put_u64(out + 296, r->offset);
-    ferry_rpc_put_u64(out + 304, r->size);
+    ferry_put_le64(out + 296, r->offset);
+    ferry_put_le64(out + 304, r->size);
     out[312] = r->value;
     return FERRY_RPC_MEMSET_TENSOR_SIZE;
 }
@@ -438,38 +438,38 @@ int ferry_rpc_decode_request(uint8_t cmd, const uint8_t *p, size_t len,
         decode_caps(p, &out->u.hello);
         break;
     case FERRY_RPC_CMD_ALLOC_BUFFER:
-        out->u.alloc_buffer.device = ferry_rpc_get_u32(p);
-        out->u.alloc_buffer.size = ferry_rpc_get_u64(p + 4);
+        out->u.alloc_buffer.device = ferry_get_le32(p);
+        out->u.alloc_buffer.size = ferry_get_le64(p + 4);
         break;
     case FERRY_RPC_CMD_GET_ALIGNMENT:
     case FERRY_RPC_CMD_GET_MAX_SIZE:
     case FERRY_RPC_CMD_GET_DEVICE_MEMORY:
     case FERRY_RPC_CMD_GRAPH_RECOMPUTE:
-        out->u.device = ferry_rpc_get_u32(p);
+        out->u.device = ferry_get_le32(p);
         break;
     case FERRY_RPC_CMD_BUFFER_GET_BASE:
     case FERRY_RPC_CMD_FREE_BUFFER:
-        out->u.buffer = ferry_rpc_get_u64(p);
+        out->u.buffer = ferry_get_le64(p);
         break;
     case FERRY_RPC_CMD_BUFFER_CLEAR:
-        out->u.buffer_clear.buffer = ferry_rpc_get_u64(p);
+        out->u.buffer_clear.buffer = ferry_get_le64(p);
         out->u.buffer_clear.value = p[8];
         break;
     case FERRY_RPC_CMD_SET_TENSOR:
         ferry_rpc_tensor_decode(p, &out->u.set_tensor.tensor);
-        out->u.set_tensor.offset = ferry_rpc_get_u64(p + 296);
+        out->u.set_tensor.offset = ferry_get_le64(p + 296);
         out->u.set_tensor.data_size = len - FERRY_RPC_SET_TENSOR_HEADER_SIZE;
         out->u.set_tensor.data = p + FERRY_RPC_SET_TENSOR_HEADER_SIZE;
         break;
     case FERRY_RPC_CMD_SET_TENSOR_HASH:
         ferry_rpc_tensor_decode(p, &out->u.set_tensor_hash.tensor);
-        out->u.set_tensor_hash.offset = ferry_rpc_get_u64(p + 296);
-        out->u.set_tensor_hash.hash = ferry_rpc_get_u64(p + 304);
+        out->u.set_tensor_hash.offset = ferry_get_le64(p + 296);
+        out->u.set_tensor_hash.hash = ferry_get_le64(p + 304);
         break;
     case FERRY_RPC_CMD_GET_TENSOR:
         ferry_rpc_tensor_decode(p, &out->u.get_tensor.tensor);
-        out->u.get_tensor.offset = ferry_rpc_get_u64(p + 296);
-        out->u.get_tensor.size = ferry_rpc_get_u64(p + 304);
+        out->u.get_tensor.offset = ferry_get_le64(p + 296);
+        out->u.get_tensor.size = ferry_get_le64(p + 304);
         break;
     case FERRY_RPC_CMD_COPY_TENSOR:
         ferry_rpc_tensor_decode(p, &out->u.copy_tensor.src);
@@ -479,7 +479,7 @@ int ferry_rpc_decode_request(uint8_t cmd, const uint8_t *p, size_t len,
         ferry_rpc_tensor_decode(p, &out->u.init_tensor);
         break;
     case FERRY_RPC_CMD_GET_ALLOC_SIZE:
-        out->u.get_alloc_size.device = ferry_rpc_get_u32(p);
+        out->u.get_alloc_size.device = ferry_get_le32(p);
         ferry_rpc_tensor_decode(p + 4, &out->u.get_alloc_size.tensor);
         for (int i = 0; i < FERRY_MAX_SRC; i++)
             ferry_rpc_tensor_decode(p + 4 + FERRY_RPC_TENSOR_SIZE * (size_t)(i + 1),
@@ -487,8 +487,8 @@ int ferry_rpc_decode_request(uint8_t cmd, const uint8_t *p, size_t len,
         break;
     case FERRY_RPC_CMD_MEMSET_TENSOR:
         ferry_rpc_tensor_decode(p, &out->u.memset_tensor.tensor);
-        out->u.memset_tensor.offset = ferry_rpc_get_u64(p + 296);
-        out->u.memset_tensor.size = ferry_rpc_get_u64(p + 304);
+        out->u.memset_tensor.offset = ferry_get_le64(p + 296);
+        out->u.memset_tensor.size = ferry_get_le64(p + 304);
         out->u.memset_tensor.value = p[312];
         break;
     case FERRY_RPC_CMD_GRAPH_COMPUTE:
@@ -550,7 +550,7 @@ size_t ferry_rpc_encode_ferry_stats(const struct ferry_rpc_ferry_stats *r,
                                     uint8_t out[FERRY_RPC_FERRY_STATS_RSP_SIZE]) {
     const uint64_t v[6] = { r->cpu_user_ns, r->cpu_sys_ns, r->commands,
                             r->bytes_in,    r->bytes_out,  r->compute_ns };
-    for (int i = 0; i < 6; i++) ferry_rpc_put_u64(out + 8 * i, v[i]);
+    for (int i = 0; i < 6; i++) ferry_put_le64(out + 8 * i, v[i]);
     return FERRY_RPC_FERRY_STATS_RSP_SIZE;
 }
 
@@ -560,13 +560,13 @@ int ferry_rpc_decode_ferry_stats(const uint8_t *p, size_t len, struct ferry_rpc_
     if (rc) return rc;
     uint64_t *v[6] = { &r->cpu_user_ns, &r->cpu_sys_ns, &r->commands,
                        &r->bytes_in,    &r->bytes_out,  &r->compute_ns };
-    for (int i = 0; i < 6; i++) *v[i] = ferry_rpc_get_u64(p + 8 * i);
+    for (int i = 0; i < 6; i++) *v[i] = ferry_get_le64(p + 8 * i);
     return FERRY_OK;
 }
 
 size_t ferry_rpc_encode_alloc_buffer_rsp(const struct ferry_rpc_alloc_buffer_rsp *r, uint8_t out[16]) {
-    ferry_rpc_put_u64(out, r->remote_ptr);
-    ferry_rpc_put_u64(out + 8, r->remote_size);
+    ferry_put_le64(out, r->remote_ptr);
+    ferry_put_le64(out + 8, r->remote_size);
     return 16;
 }
 
@@ -574,14 +574,14 @@ int ferry_rpc_decode_alloc_buffer_rsp(const uint8_t *p, size_t len,
                                       struct ferry_rpc_alloc_buffer_rsp *r, struct ferry_error *err) {
     int rc = check_rsp_len("ALLOC_BUFFER", len, 16, err);
     if (rc) return rc;
-    r->remote_ptr = ferry_rpc_get_u64(p);
-    r->remote_size = ferry_rpc_get_u64(p + 8);
+    r->remote_ptr = ferry_get_le64(p);
+    r->remote_size = ferry_get_le64(p + 8);
     return FERRY_OK;
 }
 
 size_t ferry_rpc_encode_device_memory(const struct ferry_rpc_device_memory *r, uint8_t out[16]) {
-    ferry_rpc_put_u64(out, r->free_mem);
-    ferry_rpc_put_u64(out + 8, r->total_mem);
+    ferry_put_le64(out, r->free_mem);
+    ferry_put_le64(out + 8, r->total_mem);
     return 16;
 }
 
@@ -589,32 +589,32 @@ int ferry_rpc_decode_device_memory(const uint8_t *p, size_t len, struct ferry_rp
                                    struct ferry_error *err) {
     int rc = check_rsp_len("GET_DEVICE_MEMORY", len, 16, err);
     if (rc) return rc;
-    r->free_mem = ferry_rpc_get_u64(p);
-    r->total_mem = ferry_rpc_get_u64(p + 8);
+    r->free_mem = ferry_get_le64(p);
+    r->total_mem = ferry_get_le64(p + 8);
     return FERRY_OK;
 }
 
 size_t ferry_rpc_encode_u64_rsp(uint64_t v, uint8_t out[8]) {
-    ferry_rpc_put_u64(out, v);
+    ferry_put_le64(out, v);
     return 8;
 }
 
 int ferry_rpc_decode_u64_rsp(const uint8_t *p, size_t len, uint64_t *v, struct ferry_error *err) {
     int rc = check_rsp_len("u64", len, 8, err);
     if (rc) return rc;
-    *v = ferry_rpc_get_u64(p);
+    *v = ferry_get_le64(p);
     return FERRY_OK;
 }
 
 size_t ferry_rpc_encode_u32_rsp(uint32_t v, uint8_t out[4]) {
-    ferry_rpc_put_u32(out, v);
+    ferry_put_le32(out, v);
     return 4;
 }
 
 int ferry_rpc_decode_u32_rsp(const uint8_t *p, size_t len, uint32_t *v, struct ferry_error *err) {
     int rc = check_rsp_len("u32", len, 4, err);
     if (rc) return rc;
-    *v = ferry_rpc_get_u32(p);
+    *v = ferry_get_le32(p);
     return FERRY_OK;
 }
 

@@ -18,6 +18,7 @@
 
 #include "ferry/error.h"
 #include "ferry/tensor.h"
+#include "util/bytes.h"
 
 /* The protocol revision ferry implements: 5.1.0 (the 296-byte record ends
  * in use_count). Our client accepts servers with this major and a minor up
@@ -89,21 +90,6 @@ enum ferry_rpc_cmd {
 #define FERRY_RPC_GET_ALLOC_SIZE_SIZE 3260 /* device + tensor + 10 srcs */
 #define FERRY_RPC_MEMSET_TENSOR_SIZE 313
 #define FERRY_RPC_GRAPH_MIN_SIZE 8 /* device + n_nodes; the rest is checked by the graph decoder */
-
-/* Little-endian field access, the only way bytes become integers here. */
-static inline void ferry_rpc_put_u32(uint8_t *p, uint32_t v) {
-    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
-}
-static inline void ferry_rpc_put_u64(uint8_t *p, uint64_t v) {
-    ferry_rpc_put_u32(p, (uint32_t)v);
-    ferry_rpc_put_u32(p + 4, (uint32_t)(v >> 32));
-}
-static inline uint32_t ferry_rpc_get_u32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static inline uint64_t ferry_rpc_get_u64(const uint8_t *p) {
-    return (uint64_t)ferry_rpc_get_u32(p) | (uint64_t)ferry_rpc_get_u32(p + 4) << 32;
-}
 
 const char *ferry_rpc_cmd_name(int cmd); /* "?" for unknown ids */
 

@@ -43,7 +43,7 @@ static void account(struct conn_state *st) {
 /* One response: the 8-byte length and the payload, gathered into one write. */
 static int respond(struct conn_state *st, const void *p, size_t n, struct ferry_error *err) {
     uint8_t len[FERRY_RPC_RSP_HEADER_SIZE];
-    ferry_rpc_put_u64(len, n);
+    ferry_put_le64(len, n);
     struct iovec hdr = { len, sizeof len };
     struct iovec body = { (void *)p, n };
     return ferry_conn_send(st->c, &hdr, 1, &body, n ? 1 : 0, err);

@@ -602,8 +602,8 @@ static int requalify(struct rdma_conn *r, enum ibv_mtu mtu, struct ferry_error *
 /* ---- HELLO hooks -------------------------------------------------------------------- */
 
 static void encode_caps(const struct rdma_conn *r, uint8_t out[24]) {
-    rdma_put32(out, r->qp->qp_num);
-    rdma_put32(out + 4, r->psn);
+    ferry_put_le32(out, r->qp->qp_num);
+    ferry_put_le32(out + 4, r->psn);
     memcpy(out + 8, r->gid.raw, 16);
 }
 
@@ -613,7 +613,7 @@ static int decode_caps(struct rdma_conn *r, const uint8_t *in, size_t len, bool 
                        struct ferry_error *err) {
     *offered = false;
     if (len < 24) return ferry_fail(err, FERRY_ERR_PROTOCOL, "%s: %zu caps bytes (expected 24)", r->base.name, len);
-    uint32_t qpn = rdma_get32(in), psn = rdma_get32(in + 4);
+    uint32_t qpn = ferry_get_le32(in), psn = ferry_get_le32(in + 4);
     if (qpn == 0) return FERRY_OK;
     static const uint8_t zero[16];
     if (qpn > 0xffffff || psn > 0xffffff || memcmp(in + 8, zero, 16) == 0)
@@ -733,10 +733,10 @@ static void rec_encode(const struct record *m, uint8_t out[REC_SIZE]) {
     memcpy(out, "FRDM", 4);
     out[4] = REC_VERSION;
     out[5] = m->status;
-    rdma_put32(out + 8, m->mtu);
-    rdma_put32(out + 12, m->depth);
-    rdma_put32(out + 16, m->rx_size);
-    rdma_put32(out + 20, m->features);
+    ferry_put_le32(out + 8, m->mtu);
+    ferry_put_le32(out + 12, m->depth);
+    ferry_put_le32(out + 16, m->rx_size);
+    ferry_put_le32(out + 20, m->features);
     snprintf((char *)out + 24, 72, "%s", m->reason);
 }
 
@@ -750,10 +750,10 @@ static int rec_decode(struct rdma_conn *r, const uint8_t in[REC_SIZE], struct re
     if (memcmp(in, "FRDM", 4) != 0 || in[4] != REC_VERSION || in[5] > 1)
         return ferry_fail(err, FERRY_ERR_PROTOCOL, "%s: not a ferry RDMA record (or another version)", r->base.name);
     m->status = in[5];
-    m->mtu = rdma_get32(in + 8);
-    m->depth = rdma_get32(in + 12);
-    m->rx_size = rdma_get32(in + 16);
-    m->features = rdma_get32(in + 20);
+    m->mtu = ferry_get_le32(in + 8);
+    m->depth = ferry_get_le32(in + 12);
+    m->rx_size = ferry_get_le32(in + 16);
+    m->features = ferry_get_le32(in + 20);
     memcpy(m->reason, in + 24, 72);
     m->reason[71] = '\0';
     enum ibv_mtu mtu;

@@ -35,9 +35,9 @@ static int64_t now_us(void) {
 #define REMOTE_SIZE 20 /* addr u64, len u64, rkey u32: a CTS or a sink */
 
 static void encode_remote(uint8_t out[REMOTE_SIZE], uint64_t addr, uint64_t len, uint32_t rkey) {
-    rdma_put64(out, addr);
-    rdma_put64(out + 8, len);
-    rdma_put32(out + 16, rkey);
+    ferry_put_le64(out, addr);
+    ferry_put_le64(out + 8, len);
+    ferry_put_le32(out + 16, rkey);
 }
 
 static int broken(struct rdma_conn *r, int code, struct ferry_error *err, const char *what) {
@@ -223,13 +223,13 @@ static int on_recv(struct rdma_conn *r, const struct ibv_wc *wc, struct ferry_er
         if (write || len) return broken(r, FERRY_ERR_PROTOCOL, err, "malformed credit message");
         break;
     case K_RTS:
-        if (write || len != 8 || (marker = rdma_get64(p)) == 0)
+        if (write || len != 8 || (marker = ferry_get_le64(p)) == 0)
             return broken(r, FERRY_ERR_PROTOCOL, err, "malformed RTS");
         break;
     case K_CTS:
     case K_SINK: {
         if (write || len != REMOTE_SIZE) return broken(r, FERRY_ERR_PROTOCOL, err, "malformed CTS or sink");
-        struct rdma_remote m = { true, rdma_get64(p), rdma_get64(p + 8), rdma_get32(p + 16) };
+        struct rdma_remote m = { true, ferry_get_le64(p), ferry_get_le64(p + 8), ferry_get_le32(p + 16) };
         uint64_t end;
         if (__builtin_add_overflow(m.addr, m.len, &end))
             return broken(r, FERRY_ERR_PROTOCOL, err, "CTS or sink range overflows");
@@ -561,7 +561,7 @@ static int send_by_write(struct rdma_conn *r, const uint8_t *p, size_t n, int64_
     size_t off = 0;
     while (off < n && rc == FERRY_OK) {
         uint8_t m[8];
-        rdma_put64(m, n - off);
+        ferry_put_le64(m, n - off);
         r->rts_outstanding = true;
         r->cts.valid = false;
         if ((rc = send_ctrl(r, K_RTS, m, sizeof m, deadline, err))) break;

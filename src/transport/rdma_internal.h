@@ -11,6 +11,7 @@
 #include <infiniband/verbs.h>
 
 #include "transport/transport.h"
+#include "util/bytes.h"
 
 #define RDMA_CHUNK (256u * 1024) /* largest SEND; each receive buffer */
 #define RX_DEPTH 16              /* receive ring: 4 MiB */
@@ -140,19 +141,6 @@ struct rdma_conn {
 
     char info[400];
 };
-
-/* Little-endian fields of caps, records and control messages. */
-static inline void rdma_put32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static inline uint32_t rdma_get32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static inline void rdma_put64(uint8_t *p, uint64_t v) {
-    rdma_put32(p, (uint32_t)v);
-    rdma_put32(p + 4, (uint32_t)(v >> 32));
-}
-static inline uint64_t rdma_get64(const uint8_t *p) { return rdma_get32(p) | (uint64_t)rdma_get32(p + 4) << 32; }
 
 /* rdma.c */
 int rdma_mtu_bytes(enum ibv_mtu m);
