@@ -1250,9 +1250,31 @@ static int write_corpus(const char *frame_dir, const char *graph_dir) {
     return rc ? 1 : 0;
 }
 
+/* Byte 3 of the HELLO response: written and read by one pair of functions,
+ * the values on the wire as docs/protocol-extensions.md gives them. */
+static void test_hello_flags(void) {
+    struct ferry_rpc_hello_ext none = { 0 }, ferry = { .ferry = true }, ext = { .ferry = true, .rdma_ext = true },
+                               refused = { .ferry = true, .refusal = 2 };
+    CHECK(ferry_rpc_hello_flags(&none) == 0, "a ggml-compatible answer has byte 3 zero");
+    CHECK(ferry_rpc_hello_flags(&ferry) == 0x01, "ferry extensions: bit 0");
+    CHECK(ferry_rpc_hello_flags(&ext) == 0x03, "ferry RDMA framing: bits 0 and 1");
+    CHECK(ferry_rpc_hello_flags(&refused) == 0x21, "refusal 2 in bits 4-7");
+    for (int f = 0; f < 256; f++) {
+        struct ferry_rpc_hello_ext e = ferry_rpc_hello_ext_of((uint8_t)f);
+        if (!(f & 1)) {
+            CHECK(!e.ferry && !e.rdma_ext && !e.refusal, "flags %#x without bit 0 mean nothing", f);
+            continue;
+        }
+        CHECK(e.ferry && e.rdma_ext == ((f & 2) != 0) && e.refusal == f >> 4, "flags %#x read back", f);
+        if (!(f & 0x0c) && (!(f & 2) || !(f >> 4)))
+            CHECK(ferry_rpc_hello_flags(&e) == f, "flags %#x round trip: %#x", f, ferry_rpc_hello_flags(&e));
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "--write-corpus") == 0) return write_corpus(argv[2], argv[3]);
     test_constants();
+    test_hello_flags();
     test_request_sizes();
     test_response_sizes();
     test_tensor_layout();

@@ -96,14 +96,13 @@ static int open_conn(struct ferry_client *c, struct ferry_error *err) {
     }
     ferry_conn_set_timeouts(conn, (struct ferry_conn_timeouts){ c->opts.response_timeout_ms,
                                                                 c->opts.frame_timeout_ms });
-    if (c->opts.transport != FERRY_TRANSPORT_TCP) { /* HELLO may upgrade it to RDMA */
-        struct ferry_rdma_options ro = { .mode = c->opts.transport, .server = false, .dev = c->opts.rdma_dev,
-                                         .ip = c->opts.rdma_ip, .gid_index = -1 };
-        rc = ferry_rdma_wrap(conn, &ro, &conn, err);
-        if (rc) {
-            snprintf(c->broken_reason, sizeof c->broken_reason, "%s", err->msg);
-            return rc;
-        }
+    /* HELLO may upgrade it to RDMA */
+    struct ferry_rdma_options ro = { .mode = c->opts.transport, .server = false, .dev = c->opts.rdma_dev,
+                                     .ip = c->opts.rdma_ip, .gid_index = -1 };
+    rc = ferry_conn_offer_upgrade(conn, &ro, &conn, err);
+    if (rc) {
+        snprintf(c->broken_reason, sizeof c->broken_reason, "%s", err->msg);
+        return rc;
     }
     c->conn = conn;
     /* our caps: the transport's (RDMA queue pair) or zeros */
@@ -119,16 +118,14 @@ static int open_conn(struct ferry_client *c, struct ferry_error *err) {
         return mark_broken(c, rc, err);
     /* the server's caps follow the 4 version bytes; a ferry server says in
      * byte 3 whether its RDMA framing is on offer, or why it refused RDMA */
-    bool ferry_server = (hello.flags & FERRY_RPC_HELLO_FLAG_EXT_STATS) != 0;
+    const struct ferry_rpc_hello_ext ext = ferry_rpc_hello_ext_of(hello.flags);
     rc = ferry_conn_peer_caps(conn, rsp + 4, FERRY_RPC_CONN_CAPS_SIZE, err);
-    int why = hello.flags >> FERRY_RPC_HELLO_REFUSAL_SHIFT;
-    if (rc == FERRY_ERR_UNSUPPORTED && ferry_server && why) {
+    if (rc == FERRY_ERR_UNSUPPORTED && ext.refusal) {
         char m[sizeof err->msg];
         snprintf(m, sizeof m, "%s", err->msg);
-        ferry_fail(err, rc, "%s: %s", m, ferry_rdma_refusal_text(why));
+        ferry_fail(err, rc, "%s: %s", m, ferry_rdma_refusal_text(ext.refusal));
     }
-    if (rc == FERRY_OK)
-        rc = ferry_conn_confirm(conn, ferry_server && (hello.flags & FERRY_RPC_HELLO_FLAG_RDMA_EXT), err);
+    if (rc == FERRY_OK) rc = ferry_conn_confirm(conn, ext.rdma_ext, err);
     if (rc) return mark_broken(c, rc, err);
     c->hello_flags = hello.flags;
     char line[512];

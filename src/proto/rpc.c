@@ -517,6 +517,24 @@ void ferry_rpc_hello_rsp_init(struct ferry_rpc_hello_rsp *r, const struct ferry_
     if (caps) r->caps = *caps;
 }
 
+uint8_t ferry_rpc_hello_flags(const struct ferry_rpc_hello_ext *ext) {
+    if (!ext->ferry) return 0;
+    uint8_t f = FERRY_RPC_HELLO_FLAG_EXT_STATS;
+    if (ext->rdma_ext) f |= FERRY_RPC_HELLO_FLAG_RDMA_EXT;
+    else f |= (uint8_t)((ext->refusal & 0x0f) << FERRY_RPC_HELLO_REFUSAL_SHIFT);
+    return f;
+}
+
+struct ferry_rpc_hello_ext ferry_rpc_hello_ext_of(uint8_t flags) {
+    struct ferry_rpc_hello_ext e = { 0 };
+    e.ferry = (flags & FERRY_RPC_HELLO_FLAG_EXT_STATS) != 0;
+    if (e.ferry) {
+        e.rdma_ext = (flags & FERRY_RPC_HELLO_FLAG_RDMA_EXT) != 0;
+        e.refusal = flags >> FERRY_RPC_HELLO_REFUSAL_SHIFT;
+    }
+    return e;
+}
+
 size_t ferry_rpc_encode_hello_rsp(const struct ferry_rpc_hello_rsp *r, uint8_t out[FERRY_RPC_HELLO_RSP_SIZE]) {
     out[0] = r->major;
     out[1] = r->minor;

@@ -318,6 +318,18 @@ int ferry_rpc_check_server_version(const struct ferry_rpc_hello_rsp *r, struct f
 /* Server: our advertised version and the given caps (zeros for no RDMA). */
 void ferry_rpc_hello_rsp_init(struct ferry_rpc_hello_rsp *r, const struct ferry_rpc_conn_caps *caps);
 
+/* Byte 3 of a ferry server's HELLO response, made and read in one place:
+ * ferry's extensions are on; rdma_ext when the server's caps also offer
+ * ferry's RDMA framing; refusal (FERRY_RDMA_REFUSED_*, 0 for none) when the
+ * client offered RDMA and the server's caps are zero. A ggml server sends 0. */
+struct ferry_rpc_hello_ext {
+    bool ferry;    /* a ferry server: FERRY_STATS and the extensions exist */
+    bool rdma_ext; /* ferry's RDMA framing is on offer */
+    int refusal;   /* why the server refused RDMA, 0 if it did not */
+};
+uint8_t ferry_rpc_hello_flags(const struct ferry_rpc_hello_ext *ext);
+struct ferry_rpc_hello_ext ferry_rpc_hello_ext_of(uint8_t flags);
+
 /* FERRY_STATS answer: the server's counters since it started. */
 struct ferry_rpc_ferry_stats {
     uint64_t cpu_user_ns, cpu_sys_ns; /* the server process (getrusage) */

@@ -429,24 +429,20 @@ static int hello(struct conn_state *st, struct ferry_error *err) {
     /* byte 3, which ggml clients ignore: ferry's extensions, and when the
      * client offered RDMA: either that ferry's RDMA framing is on offer, or
      * why RDMA was refused */
-    bool ext = false;
     struct ferry_rpc_request client;
     if ((rc = ferry_rpc_decode_request(FERRY_RPC_CMD_HELLO, caps, sizeof caps, &client, err))) return rc;
+    struct ferry_rpc_hello_ext ext = { 0 };
     if (!cfg->no_ferry_ext) {
-        rsp.flags = FERRY_RPC_HELLO_FLAG_EXT_STATS;
-        if (rsp.caps.qpn != 0) {
-            rsp.flags |= FERRY_RPC_HELLO_FLAG_RDMA_EXT;
-            ext = true;
-        } else if (client.u.hello.qpn != 0) {
-            int why = cfg->transport == FERRY_TRANSPORT_TCP ? FERRY_RDMA_REFUSED_TCP_ONLY : ferry_conn_rdma_refusal(st->c);
-            rsp.flags |= (uint8_t)(why << FERRY_RPC_HELLO_REFUSAL_SHIFT);
-        }
+        ext.ferry = true;
+        ext.rdma_ext = rsp.caps.qpn != 0;
+        if (!ext.rdma_ext && client.u.hello.qpn != 0) ext.refusal = ferry_conn_rdma_refusal(st->c);
     }
+    rsp.flags = ferry_rpc_hello_flags(&ext);
     uint8_t out[FERRY_RPC_HELLO_RSP_SIZE];
     ferry_rpc_encode_hello_rsp(&rsp, out);
     rc = respond(st, out, sizeof out, err);
     if (rc) return rc;
-    rc = ferry_conn_confirm(st->c, ext, err);
+    rc = ferry_conn_confirm(st->c, ext.rdma_ext, err);
     if (rc) return rc;
     char line[512];
     ferry_conn_describe(st->c, line, sizeof line);
@@ -482,8 +478,8 @@ void *server_conn_main(void *arg) {
     pthread_mutex_lock(&s->conns_lock);
     sc->closing = true; /* stop will not touch the socket any more */
     pthread_mutex_unlock(&s->conns_lock);
-    struct ferry_conn_stats cs = *ferry_conn_stats(sc->conn); /* for the summary */
-    bool rdma = strcmp(ferry_conn_transport(sc->conn), "rdma") == 0;
+    char counters[384]; /* for the summary */
+    ferry_conn_describe_counters(sc->conn, counters, sizeof counters);
     ferry_conn_close(sc->conn);
     sc->conn = NULL;
 
@@ -495,20 +491,11 @@ void *server_conn_main(void *arg) {
 
     double secs = (double)(server_now_ns() - t0) / 1e9;
     const char *why = clean ? "client closed" : stopped ? "server stopping" : err.msg;
-    char verbs[384] = "";
-    if (rdma)
-        snprintf(verbs, sizeof verbs,
-                 "; rdma: %" PRIu64 " sends, %" PRIu64 " recvs, %" PRIu64 " writes, %" PRIu64
-                 " reads posted, %" PRIu64 " completions, %" PRIu64 " cq sleeps, %" PRIu64
-                 " bytes copied, %" PRIu64 " credit messages, %" PRIu64 " credit waits, %" PRIu64
-                 " bytes written",
-                 cs.sends_posted, cs.recvs_posted, cs.writes_posted, cs.reads_posted, cs.completions,
-                 cs.cq_sleeps, cs.copies, cs.credit_msgs, cs.credit_waits, cs.write_bytes);
     ferry_log(clean || stopped ? FERRY_LOG_INFO : FERRY_LOG_WARN,
               "closed %s (%s): %" PRIu64 " commands, %" PRIu64 " bytes in, %" PRIu64
               " bytes out, %" PRIu64 " graphs in %.1f ms, %zu buffers (%" PRIu64 " bytes) freed, %.2f s%s",
               peer, why, st.commands, st.counted_in, st.counted_out, st.graphs,
-              (double)st.compute_ns / 1e6, n_buffers, freed, secs, verbs);
+              (double)st.compute_ns / 1e6, n_buffers, freed, secs, counters);
 
     atomic_fetch_sub(&s->conns_open, 1);
     pthread_mutex_lock(&s->conns_lock);

@@ -154,13 +154,12 @@ static void accept_one(struct ferry_server *s) {
         if (err.code != FERRY_ERR_TIMEOUT) ferry_log_warn("accept: %s", err.msg);
         return;
     }
-    if (s->cfg.transport != FERRY_TRANSPORT_TCP) { /* HELLO may upgrade it to RDMA */
-        struct ferry_rdma_options ro = { .mode = s->cfg.transport, .server = true, .dev = s->cfg.rdma_dev,
-                                         .ip = s->cfg.rdma_ip, .gid_index = -1 };
-        if (ferry_rdma_wrap(c, &ro, &c, &err) != FERRY_OK) {
-            ferry_log_warn("accept: %s", err.msg);
-            return;
-        }
+    /* HELLO may upgrade it to RDMA */
+    struct ferry_rdma_options ro = { .mode = s->cfg.transport, .server = true, .dev = s->cfg.rdma_dev,
+                                     .ip = s->cfg.rdma_ip, .gid_index = -1 };
+    if (ferry_conn_offer_upgrade(c, &ro, &c, &err) != FERRY_OK) {
+        ferry_log_warn("accept: %s", err.msg);
+        return;
     }
     uint64_t open = atomic_load(&s->conns_open);
     if (open >= (uint64_t)s->cfg.max_conns) {

@@ -2,6 +2,7 @@
  * message/byte counters, on top of each transport's send and recv_some. */
 #include "transport/transport.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -202,8 +203,33 @@ int ferry_conn_offer_sink(struct ferry_conn *c, void *dst, size_t len, struct fe
 }
 
 int ferry_conn_rdma_refusal(const struct ferry_conn *c) {
-    /* a bare TCP connection on a side that wanted RDMA: there was no device */
-    return c->ops->refusal ? c->ops->refusal(c) : FERRY_RDMA_REFUSED_NO_DEVICE;
+    if (c->ops->refusal) return c->ops->refusal(c);
+    /* a bare TCP connection: RDMA turned off, or there was no device */
+    return c->refusal ? c->refusal : FERRY_RDMA_REFUSED_NO_DEVICE;
+}
+
+int ferry_conn_offer_upgrade(struct ferry_conn *tcp, const struct ferry_rdma_options *o,
+                             struct ferry_conn **out, struct ferry_error *err) {
+    if (o->mode == FERRY_TRANSPORT_TCP) {
+        tcp->refusal = FERRY_RDMA_REFUSED_TCP_ONLY;
+        *out = tcp;
+        return FERRY_OK;
+    }
+    return ferry_rdma_wrap(tcp, o, out, err);
+}
+
+void ferry_conn_describe_counters(const struct ferry_conn *c, char *out, size_t cap) {
+    const struct ferry_conn_stats *cs = &c->stats;
+    if (strcmp(ferry_conn_transport(c), "rdma") != 0) {
+        if (cap) out[0] = '\0';
+        return;
+    }
+    snprintf(out, cap,
+             "; rdma: %" PRIu64 " sends, %" PRIu64 " recvs, %" PRIu64 " writes, %" PRIu64 " reads posted, %" PRIu64
+             " completions, %" PRIu64 " cq sleeps, %" PRIu64 " bytes copied, %" PRIu64 " credit messages, %" PRIu64
+             " credit waits, %" PRIu64 " bytes written",
+             cs->sends_posted, cs->recvs_posted, cs->writes_posted, cs->reads_posted, cs->completions, cs->cq_sleeps,
+             cs->copies, cs->credit_msgs, cs->credit_waits, cs->write_bytes);
 }
 
 const char *ferry_rdma_refusal_text(int code) {

@@ -154,6 +154,7 @@ struct ferry_conn {
     struct ferry_conn_stats stats;
     uint8_t ahead[FERRY_CONN_READAHEAD]; /* bytes received, not yet handed out */
     size_t ahead_pos, ahead_len;
+    int refusal; /* a bare connection: why HELLO will not upgrade it (0: no device) */
 };
 
 /* ---- the interface the upper layers use ----------------------------------- */
@@ -258,7 +259,7 @@ int ferry_transport_parse(const char *s, int *mode, struct ferry_error *err);
 const char *ferry_transport_name(int mode);
 
 struct ferry_rdma_options {
-    int mode;          /* FERRY_TRANSPORT_AUTO or FERRY_TRANSPORT_RDMA */
+    int mode;          /* FERRY_TRANSPORT_AUTO, _RDMA, or _TCP (ferry_conn_offer_upgrade only) */
     bool server;       /* the accepting side */
     const char *dev;   /* RDMA device name; NULL: $FERRY_RDMA_DEV, $GGML_RDMA_DEV, any */
     const char *ip;    /* use the GID of this IPv4 address; NULL: $FERRY_RDMA_IP, else the
@@ -290,6 +291,14 @@ int ferry_rdma_list_devices(char *out, size_t cap);
  * In required mode every "stay on TCP" above is an error that says why. */
 int ferry_rdma_wrap(struct ferry_conn *tcp, const struct ferry_rdma_options *o,
                     struct ferry_conn **out, struct ferry_error *err);
+/* What both sides do with a new TCP connection before HELLO: with mode
+ * FERRY_TRANSPORT_TCP it stays bare and remembers that RDMA was turned off
+ * (the refusal a ferry peer is told); otherwise ferry_rdma_wrap. */
+int ferry_conn_offer_upgrade(struct ferry_conn *tcp, const struct ferry_rdma_options *o,
+                             struct ferry_conn **out, struct ferry_error *err);
+/* The transport's own counters for a closing connection's log line:
+ * "; rdma: N sends, ..." for RDMA, empty for TCP. */
+void ferry_conn_describe_counters(const struct ferry_conn *c, char *out, size_t cap);
 /* "tcp" or "rdma": what the data path uses now. */
 const char *ferry_conn_transport(const struct ferry_conn *c);
 /* A line for logs: transport, and for RDMA device, port, GID, MTU. */
