@@ -137,10 +137,58 @@ static void test_nbytes(void) {
     CHECK(!ferry_type_valid(4) && !ferry_type_valid(31) && !ferry_type_valid(43) && ferry_type_valid(42), "type ids");
 }
 
+/* Plan once, run many times: data may change between runs, the plan holds;
+ * a plan only runs on an engine of its thread count; planning refuses what
+ * computing refused. */
+static void test_plan_run(void) {
+    struct ferry_engine *e = ferry_engine_create(2), *e3 = ferry_engine_create(3);
+    struct ferry_error err = { 0 };
+    struct ferry_tensor *a = test_tensor_new(FERRY_TYPE_F32, 8, 3, 1, 1);
+    struct ferry_tensor *b = test_tensor_new(FERRY_TYPE_F32, 8, 3, 1, 1);
+    struct ferry_tensor *c = test_tensor_new(FERRY_TYPE_F32, 8, 3, 1, 1);
+    float *fa = a->data, *fb = b->data, *fc = c->data;
+    for (int i = 0; i < 24; i++) fa[i] = (float)i, fb[i] = 100.0f;
+    c->op = FERRY_OP_ADD;
+    c->src[0] = a;
+    c->src[1] = b;
+    c->flags = FERRY_FLAG_COMPUTE;
+    struct ferry_tensor *nodes[1] = { c };
+    struct ferry_engine_plan *plan = NULL;
+    if (CHECK(ferry_engine_plan(e, nodes, 1, &plan, &err) == FERRY_OK && plan, "plan: %s", err.msg)) {
+        CHECK(ferry_engine_run(e, plan, &err) == FERRY_OK, "run: %s", err.msg);
+        CHECK(fc[0] == 100.0f && fc[23] == 123.0f, "first run: %g %g", fc[0], fc[23]);
+        for (int i = 0; i < 24; i++) fb[i] = -1.0f;
+        CHECK(ferry_engine_run(e, plan, &err) == FERRY_OK, "second run: %s", err.msg);
+        CHECK(fc[0] == -1.0f && fc[23] == 22.0f, "second run sees the new data: %g %g", fc[0], fc[23]);
+        CHECK(ferry_engine_run(e3, plan, &err) == FERRY_ERR_INVALID && strstr(err.msg, "threads"),
+              "a plan for 2 threads on an engine of 3: %s", err.msg);
+        ferry_engine_plan_free(plan);
+    }
+    /* what compute refuses, plan refuses, and hands out no plan */
+    b->ne[0] = 7;
+    plan = (struct ferry_engine_plan *)&err; /* must be cleared */
+    CHECK(ferry_engine_plan(e, nodes, 1, &plan, &err) == FERRY_ERR_INVALID && plan == NULL,
+          "mismatched shapes refused: %s", err.msg);
+    b->ne[0] = 8;
+    void *keep = c->data;
+    c->data = NULL;
+    CHECK(ferry_engine_plan(e, nodes, 1, &plan, &err) == FERRY_ERR_INVALID && plan == NULL &&
+              strstr(err.msg, "no memory"),
+          "a node without memory refused: %s", err.msg);
+    c->data = keep;
+    ferry_engine_plan_free(NULL);
+    test_tensor_free(a);
+    test_tensor_free(b);
+    test_tensor_free(c);
+    ferry_engine_destroy(e);
+    ferry_engine_destroy(e3);
+}
+
 int main(void) {
     test_threadpool();
     test_check_node();
     test_compute_selection();
+    test_plan_run();
     test_nbytes();
     return test_summary();
 }
