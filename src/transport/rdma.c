@@ -1012,3 +1012,15 @@ int ferry_rdma_list_devices(char *out, size_t cap) {
 }
 
 #endif /* FERRY_HAVE_RDMA */
+
+/* With or without RDMA in the build: --transport tcp leaves the connection
+ * bare and remembers why, anything else asks ferry_rdma_wrap. */
+int ferry_conn_offer_upgrade(struct ferry_conn *tcp, const struct ferry_rdma_options *o,
+                             struct ferry_conn **out, struct ferry_error *err) {
+    if (o->mode == FERRY_TRANSPORT_TCP) {
+        tcp->refusal = FERRY_RDMA_REFUSED_TCP_ONLY;
+        *out = tcp;
+        return FERRY_OK;
+    }
+    return ferry_rdma_wrap(tcp, o, out, err);
+}

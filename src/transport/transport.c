@@ -208,16 +208,6 @@ int ferry_conn_rdma_refusal(const struct ferry_conn *c) {
     return c->refusal ? c->refusal : FERRY_RDMA_REFUSED_NO_DEVICE;
 }
 
-int ferry_conn_offer_upgrade(struct ferry_conn *tcp, const struct ferry_rdma_options *o,
-                             struct ferry_conn **out, struct ferry_error *err) {
-    if (o->mode == FERRY_TRANSPORT_TCP) {
-        tcp->refusal = FERRY_RDMA_REFUSED_TCP_ONLY;
-        *out = tcp;
-        return FERRY_OK;
-    }
-    return ferry_rdma_wrap(tcp, o, out, err);
-}
-
 void ferry_conn_describe_counters(const struct ferry_conn *c, char *out, size_t cap) {
     const struct ferry_conn_stats *cs = &c->stats;
     if (strcmp(ferry_conn_transport(c), "rdma") != 0) {
