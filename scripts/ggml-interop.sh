@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# ggml's own conformance suite (test-backend-ops) through ggml's own RPC
+# client against `ferry serve`, for the ops of llama-family models in full
+# (scripts/ggml-conformance.py --help for the whole suite and for ggml's own
+# rpc-server as the yardstick). It needs ggml's source and build script,
+# which live outside the project (../shared/ggml, or $FERRY_GGML_SHARED);
+# without them it says so and skips.
+#   scripts/ggml-interop.sh [extra conformance options, e.g. --ops MUL_MAT]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+shared=${FERRY_GGML_SHARED:-../shared/ggml}
+if [ ! -x "$shared/build.sh" ]; then
+    echo "ggml-interop: skipped: no ggml source and build script at $shared (set FERRY_GGML_SHARED)"
+    exit 0
+fi
+bash scripts/deps.sh
+dest=$PWD/build-ggml
+[ -x "$dest/build/bin/test-backend-ops" ] || bash "$shared/build.sh" "$dest"
+[ -x build/ferry ] || { cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null && ninja -C build; }
+args=("$@")
+[ ${#args[@]} -eq 0 ] && args=(--llama)
+python3 scripts/ggml-conformance.py --ggml "$dest" --ferry build/ferry --server-log build/ggml-interop-server.log \
+    "${args[@]}"
