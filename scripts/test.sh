@@ -17,6 +17,7 @@ fi
 cmake -S . -B "$dir" -G Ninja -DFERRY_WERROR=ON "${flags[@]}" >/dev/null
 ninja -C "$dir"
 bash scripts/check-layers.sh "$dir"
+bash scripts/check-citations.sh
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 ctest --test-dir "$dir" --output-on-failure
 if [ "$dir" = build-asan ]; then

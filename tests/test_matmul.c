@@ -1,7 +1,7 @@
 /* MUL_MAT, MUL_MAT_ID and FLASH_ATTN_EXT against independent double-precision
  * references, at every SIMD level the CPU has and several thread counts.
  *
- * The reference is ops.md's "equivalent exact model": weights dequantized with
+ * The reference is docs/ops.md's "equivalent exact model": weights dequantized with
  * the type's to_float, activations quantized to the vec_dot type with the
  * portable quantizers and dequantized again, products summed in double.
  * Also: odd shapes, broadcasting, permuted/strided operands, thread-count
@@ -115,7 +115,7 @@ static void through_vec_dot(enum ferry_type wt, const float *x, int64_t k, float
 }
 
 /* dot(A row, B' row) in double. Q4_1/Q5_1 use the f16 s of Q8_1 for the
- * m_a * sum(B') term, as ggml does (ops.md B.14). */
+ * m_a * sum(B') term, as ggml does (docs/ops.md B.14). */
 static double ref_dot(enum ferry_type wt, const void *a_raw, const float *a, const float *b, const void *b_raw,
                       int64_t k) {
     double s = 0;
@@ -135,7 +135,7 @@ static double ref_dot(enum ferry_type wt, const void *a_raw, const float *a, con
     return s;
 }
 
-/* dst = A x B as ops.md defines it, in logical order. */
+/* dst = A x B as docs/ops.md defines it, in logical order. */
 static float *ref_mul_mat(const struct ferry_tensor *a, const struct ferry_tensor *b) {
     const int64_t k = a->ne[0], m = a->ne[1], n = b->ne[1];
     float *out = malloc((size_t)(m * n * b->ne[2] * b->ne[3]) * sizeof(float));

@@ -1,6 +1,6 @@
 /* Reductions, norms, shape ops, SOFT_MAX and ROPE (reduce.c, norm.c,
  * shape.c, softmax.c, rope.c) against naive references written here from
- * ops.md: double-precision loops, except where the spec fixes an f32 step
+ * docs/ops.md: double-precision loops, except where the spec fixes an f32 step
  * (ROPE's running theta). Also: permuted and strided inputs, in-place runs,
  * zero-sized tensors, results identical for 1, 2 and 4 threads and for
  * every SIMD level, hostile nodes that check() must refuse, and random nodes
@@ -668,7 +668,7 @@ static double ramp(double corr0, double corr1, int64_t j) {
 }
 
 /* cos/sin of dimension pair j for a (running) theta. The angle itself is
- * f32 arithmetic, as ops.md B.18 specifies: at positions in the thousands
+ * f32 arithmetic, as docs/ops.md B.18 specifies: at positions in the thousands
  * its rounding is far above what the 1e-7 tolerance could hide, so a double
  * angle would not be the same function. cos, sin and the scale are double. */
 static void rope_ref_cs(const struct rope_case *c, const float *ff, float theta, int64_t j, double corr0,

@@ -86,7 +86,7 @@ static void test_constants(void) {
           "command names");
 }
 
-/* Request payload sizes from the spec's section 5 table; -1: at least 304,
+/* Request payload sizes from the table in docs/rpc-protocol.md section 5; -1: at least 304,
  * -2: at least 8. */
 static const int64_t spec_request_size[18] = {
     12, 4, 4, 8, 8, 9, -1, 312, 312, 592, -2, 4, 296, 3260, 24, 0, 4, 313,
@@ -145,7 +145,7 @@ static void test_request_sizes(void) {
 }
 
 static void test_response_sizes(void) {
-    /* spec section 13: none for 6, 10, 16; empty for 4, 5, 12, 17 */
+    /* docs/rpc-protocol.md section 13: none for 6, 10, 16; empty for 4, 5, 12, 17 */
     static const int64_t want[18] = { 16, 8, 8, 8, 0, 0, -1, 1, -2, 1, -1, 16, 0, 8, 28, 4, -1, 0 };
     struct ferry_error err;
     for (int cmd = 0; cmd < 18; cmd++) {
@@ -204,7 +204,7 @@ static void test_tensor_layout(void) {
     memset(out, 0xee, sizeof out);
     ferry_rpc_tensor_encode(&r, out);
 
-    /* the spec's section 4 offsets, written out by hand */
+    /* docs/rpc-protocol.md section 4's offsets, written out by hand */
     memset(want, 0, sizeof want);
     le_put(want + 0, r.id, 8);
     le_put(want + 8, r.type, 4);
@@ -250,7 +250,7 @@ static void test_tensor_layout(void) {
     CHECK(all_zero(out, sizeof out), "a NULL tensor is 296 zero bytes");
 }
 
-/* ggml_nbytes from the spec's section 10, in 128-bit arithmetic. */
+/* ggml_nbytes from docs/rpc-protocol.md section 10, in 128-bit arithmetic. */
 static unsigned __int128 ref_nbytes(const uint32_t *ne, const uint32_t *nb, int64_t bs, size_t ts) {
     for (int i = 0; i < 4; i++)
         if (ne[i] == 0) return 0;
@@ -437,7 +437,7 @@ static void test_hello(void) {
     uint8_t out[FERRY_RPC_HELLO_RSP_SIZE];
     struct ferry_rpc_hello_rsp rsp = { .major = 5, .minor = 1, .patch = 0 };
     CHECK(ferry_rpc_encode_hello_rsp(&rsp, out) == 28, "HELLO response is 28 bytes");
-    /* what ggml 5.1.0 sends without RDMA (spec section 5, HELLO) */
+    /* what ggml 5.1.0 sends without RDMA (docs/rpc-protocol.md section 5, HELLO) */
     CHECK(out[0] == 5 && out[1] == 1 && out[2] == 0 && out[3] == 0 && all_zero(out + 4, 24),
           "05 01 00 00 + 24 zero bytes");
     ferry_rpc_hello_rsp_init(&rsp, NULL);
@@ -692,7 +692,7 @@ static void test_fnv(void) {
 
 /* ---- graphs: a test-side payload builder -------------------------------------------- */
 
-/* Writes device | n_nodes | ids | n_tensors | records (spec section 6). */
+/* Writes device | n_nodes | ids | n_tensors | records (docs/rpc-protocol.md section 6). */
 static uint8_t *build_graph(uint32_t device, const uint64_t *nodes, uint32_t n_nodes,
                             const struct ferry_rpc_tensor *recs, uint32_t n_recs, size_t *len) {
     *len = 12 + 8 * (size_t)n_nodes + 296 * (size_t)n_recs;

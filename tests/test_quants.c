@@ -1,5 +1,5 @@
 /* Unit tests of the row dequantizers and quantizers (src/tensor/quants*.c)
- * against types.md: hand-built blocks, round trips, edge cases, and a
+ * against docs/types.md: hand-built blocks, round trips, edge cases, and a
  * cross-check on the golden GGUF cases that involve quantized data.
  *
  * Usage: test_quants [golden-dir]
@@ -229,7 +229,7 @@ static void test_deq_q2_0(void) {
 
 /* ---- hand-built blocks: K-quants -------------------------------------- */
 
-/* The 2-bit-plane position of element i, written from types.md 5.1. */
+/* The 2-bit-plane position of element i, written from docs/types.md 5.1. */
 static int q2_plane(const uint8_t *qs, int i) {
     const int hh = i / 128, r = i % 128, g = r / 32, l = r % 32;
     return (qs[32 * hh + l] >> (2 * g)) & 3;
@@ -260,7 +260,7 @@ static void test_deq_q2_K(void) {
     }
 }
 
-/* Packs sixteen 6-bit values the way types.md 5.2 reads them. */
+/* Packs sixteen 6-bit values the way docs/types.md 5.2 reads them. */
 static void pack_q3_scales(uint8_t s[12], const int v[16]) {
     memset(s, 0, 12);
     for (int j = 0; j < 16; j++) {
@@ -302,7 +302,7 @@ static void test_deq_q3_K(void) {
     }
 }
 
-/* Packs eight 6-bit scales and mins the way types.md 5.3 reads them. */
+/* Packs eight 6-bit scales and mins the way docs/types.md 5.3 reads them. */
 static void pack_k4_scales(uint8_t s[12], const int sc[8], const int m[8]) {
     memset(s, 0, 12);
     for (int j = 0; j < 4; j++) {
@@ -437,7 +437,7 @@ static void test_deq_iq4_xs(void) {
 }
 
 /* TQ1_0 byte for 5 ternary digits, digit 0 most significant: the value
- * scaled to 256/243 and rounded up (the fixed-point form of types.md 6). */
+ * scaled to 256/243 and rounded up (the fixed-point form of docs/types.md 6). */
 static uint8_t tq1_byte(const int t[5]) {
     int v = 0;
     for (int n = 0; n < 5; n++) v = v * 3 + t[n];

@@ -653,7 +653,7 @@ static void cases_buffers(void) {
                      FERRY_RPC_ALLOC_BUFFER_SIZE, &a);
     }
 
-    /* allocation failure is answered, not punished (spec section 5.0) */
+    /* allocation failure is answered, not punished (docs/rpc-protocol.md section 5.0) */
     if (attacker_open(&a, true, 0)) {
         static const uint64_t sizes[] = {MEM_LIMIT + MIB, 1ull << 62, UINT64_MAX};
         for (size_t i = 0; i < 3; i++) {

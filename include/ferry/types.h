@@ -80,7 +80,7 @@ bool ferry_type_is_quantized(int type);
 /* Bytes of n elements of a row; n must be a multiple of the block size. */
 size_t ferry_row_size(int type, int64_t n);
 
-/* Scalar conversions (types.md section 2). */
+/* Scalar conversions (docs/types.md section 2). */
 float ferry_fp16_to_fp32(uint16_t h);
 uint16_t ferry_fp32_to_fp16(float f);   /* round to nearest even, NaN -> 0x7e00|sign */
 float ferry_bf16_to_fp32(uint16_t h);

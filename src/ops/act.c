@@ -1,4 +1,4 @@
-/* The GELU lookup tables (ops.md B.20): 64 Ki f16 entries each, computed
+/* The GELU lookup tables (docs/ops.md B.20): 64 Ki f16 entries each, computed
  * from the f32 formulas once per process. */
 #include "act.h"
 

@@ -1,4 +1,4 @@
-/* Scalar activation functions shared by UNARY (ops.md B.20) and GLU (B.21),
+/* Scalar activation functions shared by UNARY (docs/ops.md B.20) and GLU (B.21),
  * including GELU's f16 lookup tables. Each is written as ggml evaluates it,
  * in f32 and in the same operation order, so the results match bit for bit
  * where libm does. */

@@ -1,4 +1,4 @@
-/* FLASH_ATTN_EXT (ops.md B.19): softmax(scale * K.q + mask) . V for every
+/* FLASH_ATTN_EXT (docs/ops.md B.19): softmax(scale * K.q + mask) . V for every
  * query row.
  *
  * q [DK, n_q, H, B] f32; k [DK, n_kv, Hk, Bk]; v [DV, n_kv, Hv, Bv];
@@ -9,7 +9,7 @@
  * MUL_MAT uses. Where ggml runs an online softmax with an f16 accumulator
  * for f16 V, this computes all scores first, then exact softmax weights,
  * then the weighted sum of V rows in f32: the same math, more accurate, and
- * far within the 5e-4 tolerance (ops.md B.19 measures ~1e-6 for any f32
+ * far within the 5e-4 tolerance (docs/ops.md B.19 measures ~1e-6 for any f32
  * accumulation). Threads split the output rows, heads fastest, and compute
  * the heads of a GQA group together so each K/V row is read once for all
  * of them. Each row is computed by one thread in one fixed order, so
@@ -132,7 +132,7 @@ static size_t fa_work_size(const struct ferry_tensor *node, int nth) {
     return mul_sat(fa_layout(node).per_thread, (size_t)nth);
 }
 
-/* ALiBi slope of head h, as SOFT_MAX computes it with n_head = H (B.16). */
+/* ALiBi slope of head h, as SOFT_MAX computes it with n_head = H (docs/ops.md B.16). */
 static float alibi_slope(float max_bias, int64_t h, int64_t n_head) {
     if (!(max_bias > 0.0f)) return 1.0f;
     int64_t n_head_log2 = 1;

@@ -1,4 +1,4 @@
-/* ADD, SUB, MUL, DIV (ops.md B.5) with src1 tiled over src0 by modulo
+/* ADD, SUB, MUL, DIV (docs/ops.md B.5) with src1 tiled over src0 by modulo
  * (A.4), and ADD_ID (B.6), the per-expert bias add of MoE models.
  *
  * Every element is op(f32(a), f32(b)) in f32, rounded once to the output

@@ -2,7 +2,7 @@
  * and the vectorised f32 kernels shared by the element-wise ops. Each entry
  * point picks the AVX2 version (vec_avx2.c) when ferry_simd_level() allows,
  * with results identical to the portable one except for NaN payloads in the
- * f16 conversions (types.md 2.2: "don't care"). */
+ * f16 conversions (docs/types.md 2.2: "don't care"). */
 #ifndef FERRY_OPS_CONVERT_H
 #define FERRY_OPS_CONVERT_H
 
@@ -17,7 +17,7 @@
 bool ferry_cvt_plain_type(enum ferry_type t);
 
 /* n contiguous elements of type t <-> f32. I32 converts like C: int to
- * nearest float, and float truncated toward zero (types.md 2.4). */
+ * nearest float, and float truncated toward zero (docs/types.md 2.4). */
 void ferry_cvt_to_f32(enum ferry_type t, const void *x, float *y, int64_t n);
 void ferry_cvt_from_f32(enum ferry_type t, const float *x, void *y, int64_t n);
 

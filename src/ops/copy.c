@@ -1,4 +1,4 @@
-/* DUP, CPY and CONT (ops.md B.2): copy src0 into the node element by
+/* DUP, CPY and CONT (docs/ops.md B.2): copy src0 into the node element by
  * element in logical (flat) order, converting the type on the way.
  *
  * Four kinds of copy:

@@ -1,4 +1,4 @@
-/* GLU (ops.md B.21): gated linear units, y = act(x) * g.
+/* GLU (docs/ops.md B.21): gated linear units, y = act(x) * g.
  *
  * Single-tensor form: each src0 row holds x and g as halves (swapped puts
  * x second). Split form: x is src0 and g is src1, same shape. F16 rows are

@@ -1,4 +1,4 @@
-/* MUL_MAT and MUL_MAT_ID (ops.md B.14, B.15).
+/* MUL_MAT and MUL_MAT_ID (docs/ops.md B.14, B.15).
  *
  * dst[i0,i1,i2,i3] = dot(A row (i0, i2/r2, i3/r3), B' row (i1, i2, i3)),
  * where B' is B converted to the vec_dot type of A's type (vecdot.h).
@@ -19,7 +19,7 @@
 /* Weight rows kept hot while every B' column passes over them. */
 #define ROW_TILE 16
 
-/* P[1] op hint: "src0 is a normalised Hadamard matrix" (B.14). */
+/* P[1] op hint: "src0 is a normalised Hadamard matrix" (docs/ops.md B.14). */
 #define HINT_HADAMARD 1
 
 /* ---- shared pieces ---------------------------------------------------------- */
@@ -168,7 +168,7 @@ static size_t mul_mat_work_size(const struct ferry_tensor *node, int nth) {
 }
 
 /* Fast Walsh-Hadamard transform of each B row, scaled by 1/sqrt(K): the
- * product with H_K/sqrt(K) without reading src0 (B.14, op hint 1). */
+ * product with H_K/sqrt(K) without reading src0 (docs/ops.md B.14, op hint 1). */
 static void hadamard_rows(const struct ferry_compute_params *p, struct ferry_tensor *dst) {
     const struct ferry_tensor *b = dst->src[1];
     const int64_t k = b->ne[0];

@@ -1,4 +1,4 @@
-/* NORM, RMS_NORM and L2_NORM (ops.md B.13): every row of src0 is normalised
+/* NORM, RMS_NORM and L2_NORM (docs/ops.md B.13): every row of src0 is normalised
  * on its own, by one thread, with ggml's order of operations: squares in
  * f32 summed in double, the scale computed once per row, then y = x*scale.
  * NORM's variance is summed in blocks of 16 like ggml's AVX-512 build;

@@ -1,4 +1,4 @@
-/* Reductions along dim 0 (ops.md B.9, B.22): SUM, SUM_ROWS, MEAN and CUMSUM;
+/* Reductions along dim 0 (docs/ops.md B.9, B.22): SUM, SUM_ROWS, MEAN and CUMSUM;
  * ARGMAX; ARGSORT and TOP_K.
  *
  * Sums accumulate in double, one row at a time and in index order, as

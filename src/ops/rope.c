@@ -1,4 +1,4 @@
-/* ROPE (ops.md B.18): rotary position embedding, modes NORMAL, NEOX, MROPE,
+/* ROPE (docs/ops.md B.18): rotary position embedding, modes NORMAL, NEOX, MROPE,
  * IMROPE and VISION, with YaRN, frequency factors and a rotation offset.
  *
  * Rows are (head i1, token i2, batch i3) and are split between threads.

@@ -1,4 +1,4 @@
-/* GET_ROWS (ops.md B.3) gathers table rows by index; SET_ROWS (B.4)
+/* GET_ROWS (docs/ops.md B.3) gathers table rows by index; SET_ROWS (B.4)
  * scatters rows into a destination (a KV cache) by index.
  *
  * Indices are data: each one is checked against the table / destination

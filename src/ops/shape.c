@@ -1,5 +1,5 @@
 /* Ops that move, tile or generate elements without arithmetic on them
- * (ops.md B.11, B.12, B.17, B.23): CONCAT, REPEAT, PAD, FILL, ARANGE, TRI
+ * (docs/ops.md B.11, B.12, B.17, B.23): CONCAT, REPEAT, PAD, FILL, ARANGE, TRI
  * and DIAG_MASK_INF.
  *
  * All of them work row by row on the output (rows split between threads)

@@ -1,4 +1,4 @@
-/* SOFT_MAX (ops.md B.16): per row, w = x*scale + slope*mask, then
+/* SOFT_MAX (docs/ops.md B.16): per row, w = x*scale + slope*mask, then
  * y = exp(w - max) / sum, with optional per-head sinks that take part in
  * the max and the sum but produce no output. One thread per row; the row is
  * built in place in the output row, so no scratch is needed except to

@@ -1,4 +1,4 @@
-/* The element-wise one-input ops: UNARY with its 22 sub-ops (ops.md B.20),
+/* The element-wise one-input ops: UNARY with its 22 sub-ops (docs/ops.md B.20),
  * SQR and SQRT (B.8), SCALE (B.7) and CLAMP (B.10).
  *
  * All work row by row: rows must have contiguous elements, but may sit
@@ -120,7 +120,7 @@ static void unary_row(const struct ferry_tensor *node, float *y, const float *x,
     case FERRY_UNARY_SOFTPLUS: MAP(v > 20.0f ? v : logf(1.0f + expf(v)));
     case FERRY_UNARY_GELU_ERF: MAP(act_gelu_erf(v));
     case FERRY_UNARY_XIELU: {
-        /* op_params hold the derived constants (ops.md B.20) */
+        /* op_params hold the derived constants (docs/ops.md B.20) */
         const float an = ferry_param_f32(node, 1), ap = ferry_param_f32(node, 2);
         const float beta = ferry_param_f32(node, 3), eps = ferry_param_f32(node, 4);
         /* ggml's build contracts these sums into FMAs; the golden data say so */

@@ -1,4 +1,4 @@
-/* The GRAPH_COMPUTE payload (spec section 6).
+/* The GRAPH_COMPUTE payload (docs/rpc-protocol.md section 6).
  *
  *   device u32 | n_nodes u32 | node ids u64[n_nodes] | n_tensors u32 | rpc_tensor[n_tensors]
  *

@@ -5,7 +5,7 @@
 
 #include <string.h>
 
-/* rpc_tensor field offsets (spec section 4). */
+/* rpc_tensor field offsets (docs/rpc-protocol.md section 4). */
 enum {
     OFF_ID = 0,
     OFF_TYPE = 8,

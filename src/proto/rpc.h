@@ -4,7 +4,7 @@
  * sizes, decode requests and encode responses; the client library uses it
  * the other way round. Every integer is encoded little-endian field by field
  * (never by copying a packed struct), so the layout is the spec's on any
- * host. Reference: docs/ggml-rpc-protocol.md sections 2, 4, 5 and 6.
+ * host. Reference: docs/rpc-protocol.md sections 2, 4, 5 and 6.
  *
  * Errors: framing and length problems are FERRY_ERR_PROTOCOL, bad content
  * (types, ids, extents, device indices) FERRY_ERR_INVALID; the reason is in
@@ -77,7 +77,7 @@ enum ferry_rpc_cmd {
 #define FERRY_RPC_FRAME_HEADER_SIZE 9 /* cmd u8 + size u64 */
 #define FERRY_RPC_RSP_HEADER_SIZE 8   /* size u64 */
 
-/* Fixed request payload sizes (section 5). */
+/* Fixed request payload sizes (docs/rpc-protocol.md section 5). */
 #define FERRY_RPC_ALLOC_BUFFER_SIZE 12
 #define FERRY_RPC_DEVICE_REQ_SIZE 4 /* GET_ALIGNMENT, GET_MAX_SIZE, GET_DEVICE_MEMORY, GRAPH_RECOMPUTE */
 #define FERRY_RPC_BUFFER_REQ_SIZE 8 /* BUFFER_GET_BASE, FREE_BUFFER */
@@ -119,7 +119,7 @@ enum ferry_rpc_rsp_kind ferry_rpc_response_kind(uint8_t cmd, uint64_t *size);
 int ferry_rpc_check_response_size(uint8_t cmd, uint64_t size, uint64_t requested,
                                   struct ferry_error *err);
 
-/* ---- the serialized tensor (section 4) ------------------------------------ */
+/* ---- the serialized tensor (docs/rpc-protocol.md section 4) --------------- */
 
 struct ferry_rpc_tensor {
     uint64_t id;   /* client's identity for the tensor; 0 = none */
@@ -186,7 +186,7 @@ size_t ferry_rpc_type_alignment(int type);
  * tensors without memory or with no bytes pass. */
 int ferry_rpc_check_alignment(const struct ferry_tensor *t, struct ferry_error *err);
 
-/* ---- commands (section 5) ------------------------------------------------- */
+/* ---- commands (docs/rpc-protocol.md section 5) ---------------------------- */
 
 struct ferry_rpc_conn_caps {
     uint32_t qpn; /* 0 = no RDMA */
@@ -363,7 +363,7 @@ int ferry_rpc_decode_u8_rsp(const uint8_t *p, size_t len, uint8_t *v, struct fer
 uint64_t ferry_fnv1a64_update(uint64_t h, const void *data, size_t n);
 uint64_t ferry_fnv1a64(const void *data, size_t n);
 
-/* ---- GRAPH_COMPUTE payload (section 6; graph.c) ---------------------------- */
+/* ---- GRAPH_COMPUTE payload (docs/rpc-protocol.md section 6; graph.c) ------- */
 
 /* Checks the structure's lengths (overflow-safe): len >= 8, the node list
  * and the record count fit, then the records fit. Trailing bytes are

@@ -1,4 +1,4 @@
-/* Block layouts of the quantized types (types.md section 3), packed, little-endian.
+/* Block layouts of the quantized types (docs/types.md section 3), packed, little-endian.
  * Shared by the dequantizers, the quantizers and the dot-product kernels. */
 #ifndef FERRY_BLOCKS_H
 #define FERRY_BLOCKS_H
@@ -63,7 +63,7 @@ static_assert(sizeof(block_nvfp4) == 36, "nvfp4");
 static_assert(sizeof(block_q1_0) == 18, "q1_0");
 static_assert(sizeof(block_q2_0) == 18, "q2_0");
 
-/* Value tables (types.md section 3). */
+/* Value tables (docs/types.md section 3). */
 extern const int8_t ferry_kvalues_iq4nl[16];
 extern const int8_t ferry_kvalues_mxfp4[16];
 

@@ -1,4 +1,4 @@
-/* Inline half-precision conversions (types.md 2.2, 2.3), for hot loops.
+/* Inline half-precision conversions (docs/types.md 2.2, 2.3), for hot loops.
  * The public ferry_fp16_to_fp32 & co. are these same functions. */
 #ifndef FERRY_FP16_H
 #define FERRY_FP16_H

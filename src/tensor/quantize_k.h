@@ -1,4 +1,4 @@
-/* Simple quantizers for Q4_K and Q6_K (types.md sections 5.3, 5.5): one
+/* Simple quantizers for Q4_K and Q6_K (docs/types.md sections 5.3, 5.5): one
  * pass of min/max scaling per sub-block, no search. They produce valid
  * blocks that the existing dequantizers read back closely, which is what
  * generated models need; they are not ggml's reference quantizers (whose

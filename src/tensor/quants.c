@@ -1,8 +1,8 @@
-/* Legacy 32-element quantized types (types.md section 4) and the small
+/* Legacy 32-element quantized types (docs/types.md section 4) and the small
  * 64/128-element ones (Q2_0, Q1_0, NVFP4): row dequantizers and the CPU
  * backend's reference quantizers, bit for bit.
  *
- * All arithmetic is f32 in the order types.md writes it; FMA contraction
+ * All arithmetic is f32 in the order docs/types.md writes it; FMA contraction
  * must stay off or the quantizers stop matching ggml. */
 
 #include <math.h>

@@ -1,4 +1,4 @@
-/* Row dequantizers and quantizers of every supported type (types.md sections 4-7).
+/* Row dequantizers and quantizers of every supported type (docs/types.md sections 4-7).
  * n is the element count, a multiple of the type's block size. */
 #ifndef FERRY_QUANTS_H
 #define FERRY_QUANTS_H

@@ -1,8 +1,8 @@
-/* 256-element super-block types (types.md sections 5 and 6): K-quant, IQ4_XS
+/* 256-element super-block types (docs/types.md sections 5 and 6): K-quant, IQ4_XS
  * and ternary dequantizers, and the Q8_K quantizer the K-quant dot products
  * use for their f32 operand.
  *
- * All arithmetic is f32 in the order types.md writes it (no FMA). */
+ * All arithmetic is f32 in the order docs/types.md writes it (no FMA). */
 
 #include <math.h>
 #include <stdint.h>

@@ -1,4 +1,4 @@
-/* Tensor shape and stride arithmetic (ggml's model, ops.md A.1). */
+/* Tensor shape and stride arithmetic (ggml's model, docs/ops.md A.1). */
 #include <string.h>
 
 #include "ferry/tensor.h"

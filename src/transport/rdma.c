@@ -2,8 +2,8 @@
  * libibverbs (RoCE v2, RoCE v1 or InfiniBand), reached by upgrading an
  * established TCP connection during HELLO.
  *
- * The wire format is ggml's (docs/ggml-rpc-protocol.md sections 7 and 8, in
- * the project's shared documentation), so ggml peers interoperate:
+ * The wire format is ggml's (docs/rpc-protocol.md sections 7 and 8), so ggml peers
+ * interoperate:
  *   caps      24 bytes: qpn u32le (0 = no RDMA), psn u32le, raw GID (16);
  *   queue     RC; INIT (port, pkey 0, remote write/read + local write),
  *             RTR (path MTU, peer qpn/psn, GRH to the peer's GID),
