@@ -51,6 +51,12 @@ struct ferry_kernel {
 /* The kernel of an op, or NULL when the engine has none. */
 const struct ferry_kernel *ferry_kernel_for(int op);
 
+/* Families that keep their own op -> kernel switch (family_*.c); NULL for
+ * ops they do not have. registry.c asks them after its own table. */
+const struct ferry_kernel *ferry_conv_kernel(int op);
+const struct ferry_kernel *ferry_train_kernel(int op);
+const struct ferry_kernel *ferry_seq_kernel(int op);
+
 /* One kernel per op family file (see registry.c). */
 extern const struct ferry_kernel ferry_kernel_dup;        /* DUP, CPY, CONT: copy.c */
 extern const struct ferry_kernel ferry_kernel_get_rows;   /* rows.c */

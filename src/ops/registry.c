@@ -46,5 +46,9 @@ static const struct ferry_kernel *const kernels[FERRY_OP_COUNT] = {
 
 const struct ferry_kernel *ferry_kernel_for(int op) {
     if (op < 0 || op >= FERRY_OP_COUNT) return NULL;
-    return kernels[op];
+    if (kernels[op]) return kernels[op];
+    const struct ferry_kernel *k = ferry_conv_kernel(op);
+    if (!k) k = ferry_train_kernel(op);
+    if (!k) k = ferry_seq_kernel(op);
+    return k;
 }
