@@ -26,12 +26,14 @@ import sys
 import time
 
 # what a llama-family model's graphs use (llama, mistral, qwen2, qwen3)
+# (the suite names GLU and UNARY cases by their sub-op: SWIGLU, SILU, ...)
 LLAMA_OPS = ["ADD", "MUL", "SCALE", "RMS_NORM", "MUL_MAT", "MUL_MAT_ID", "ROPE", "SOFT_MAX",
-             "FLASH_ATTN_EXT", "GET_ROWS", "SET_ROWS", "CPY", "CONT", "DUP", "GLU", "UNARY",
-             "ARGMAX", "ADD_ID", "VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE", "SUM_ROWS", "ARGSORT",
+             "FLASH_ATTN_EXT", "GET_ROWS", "SET_ROWS", "CPY", "CONT", "DUP", "SWIGLU", "GEGLU", "SILU",
+             "GELU", "ARGMAX", "ADD_ID", "VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE", "SUM_ROWS", "ARGSORT",
              "TOP_K", "CONCAT", "REPEAT"]
 
-RESULT_RE = re.compile(r"^\s+([A-Z][A-Z0-9_]*\(.*\)):\s.*?(OK|FAIL|not supported)")
+# "  OP(params): OK", or after a numeric failure "[OP] ERR = ... OP(params): FAIL"
+RESULT_RE = re.compile(r"(?:^|\s)([A-Z][A-Z0-9_]*\(.*?\)):\s+\S*?(OK|FAIL|not supported)")
 SUMMARY_RE = re.compile(r"^\s+(\d+)/(\d+) tests passed")
 
 
@@ -128,7 +130,7 @@ def case_list(args, server, op):
 def results_of(lines, op):
     res = {}
     for l in lines:
-        m = RESULT_RE.match(l)
+        m = RESULT_RE.search(l)
         if m and m.group(1).split("(")[0] == op:
             res[m.group(1)] = m.group(2)
     return res

@@ -224,6 +224,24 @@ static void check_reductions(struct ferry_tensor *a, const char *what) {
         total += acc;
     }
     char name[128];
+    /* ggml's SUM reads each row as ne0 packed floats from its start (nb0
+     * ignored) when those reads stay inside the tensor: what a ggml client
+     * gets, and so what ferry must give */
+    size_t extent = ferry_nbytes(a), last = 0;
+    for (int d = 1; d < 4; d++) last += (size_t)(ne[d] - 1) * a->nb[d];
+    if (a->nb[0] != sizeof(float) && last + (size_t)ne[0] * sizeof(float) <= extent) {
+        total = 0;
+        for (int64_t i3 = 0; i3 < ne[3]; i3++)
+            for (int64_t i2 = 0; i2 < ne[2]; i2++)
+                for (int64_t i1 = 0; i1 < ne[1]; i1++) {
+                    const char *row = (const char *)a->data + i1 * a->nb[1] + i2 * a->nb[2] + i3 * a->nb[3];
+                    for (int64_t i = 0; i < ne[0]; i++) {
+                        float v;
+                        memcpy(&v, row + 4 * i, 4);
+                        total += v;
+                    }
+                }
+    }
 
     struct ferry_tensor *sum = new_node(FERRY_OP_SUM, FERRY_TYPE_F32, 1, 1, 1, 1, a, NULL, NULL);
     snprintf(name, sizeof name, "SUM %s", what);

@@ -69,15 +69,38 @@ static void cumsum_row(char *y, size_t sy, const char *x, size_t sx, int64_t n) 
     }
 }
 
+/* ggml's SUM reads every row as ne0 packed floats from the row's start,
+ * whatever nb0 says (its CPU kernel only asserts nb0 == 4, and release
+ * builds drop the assert): a client summing a transposed view gets the
+ * sum of those packed windows. ferry gives the same number where those
+ * reads stay inside the source's own extent, and the sum by nb0
+ * otherwise (docs/ops.md B.9). */
+static bool sum_reads_packed(const struct ferry_tensor *a) {
+    if (a->nb[0] == sizeof(float) || ferry_is_empty(a)) return false;
+    size_t last = 0, extent;
+    for (int d = 1; d < FERRY_MAX_DIMS; d++) last += (size_t)(a->ne[d] - 1) * a->nb[d];
+    return ferry_nbytes_checked(a, &extent) && last <= extent &&
+           (size_t)a->ne[0] <= (extent - last) / sizeof(float);
+}
+
+static double packed_row_sum(const struct ferry_tensor *a, int64_t i1, int64_t i2, int64_t i3) {
+    const char *x = tensor_row(a, i1, i2, i3);
+    double sum = 0.0;
+    for (int64_t i = 0; i < a->ne[0]; i++) sum += (double)get_f32(x + i * (int64_t)sizeof(float));
+    return sum;
+}
+
 static void sum_compute(const struct ferry_compute_params *p, struct ferry_tensor *node) {
     const struct ferry_tensor *a = node->src[0];
     if (node->op == FERRY_OP_SUM) {
         /* one output: one thread, rows in order, so the rounding is fixed */
         if (p->ith != 0) return;
+        const bool packed = sum_reads_packed(a);
         double total = 0.0;
         for (int64_t i3 = 0; i3 < a->ne[3]; i3++)
             for (int64_t i2 = 0; i2 < a->ne[2]; i2++)
-                for (int64_t i1 = 0; i1 < a->ne[1]; i1++) total += row_sum(a, i1, i2, i3);
+                for (int64_t i1 = 0; i1 < a->ne[1]; i1++)
+                    total += packed ? packed_row_sum(a, i1, i2, i3) : row_sum(a, i1, i2, i3);
         put_f32(node->data, (float)total);
         return;
     }
