@@ -972,6 +972,34 @@ static double glu_ref(int op, double x, double g, float alpha, float limit) {
     }
 }
 
+/* LEAKY_RELU, ggml's own op: max(x, 0) + slope * min(x, 0), F32 and F16. */
+static void test_leaky_relu(void) {
+    for (int t = 0; t < 2; t++) {
+        enum ferry_type type = t ? FERRY_TYPE_F16 : FERRY_TYPE_F32;
+        struct ferry_tensor *a = tnew_rand(type, 37, 3, 2, 1, -5, 5);
+        struct ferry_tensor *n = node_new(FERRY_OP_LEAKY_RELU, type, 37, 3, 2, 1, a, NULL, NULL);
+        ferry_param_set_f32(n, 0, 0.1f);
+        if (CHECK(invariant_runs(n, "leaky_relu"), "leaky_relu %s runs", ferry_type_name(type))) {
+            int bad = 0;
+            FOR_EACH(n, i0, i1, i2, i3) {
+                double x = getd(a, i0, i1, i2, i3), ref = x > 0 ? x : 0.1 * x, got = getd(n, i0, i1, i2, i3);
+                if (!(fabs(got - ref) <= (t ? 1e-3 * fabs(ref) + 1e-4 : 1e-6 * fabs(ref)))) bad++;
+            }
+            CHECK(bad == 0, "leaky_relu %s: %d values wrong", ferry_type_name(type), bad);
+        }
+        tfree(n);
+        tfree(a);
+    }
+    struct ferry_tensor *a = tnew_rand(FERRY_TYPE_F32, 8, 2, 1, 1, -1, 1);
+    struct ferry_tensor *n = node_new(FERRY_OP_LEAKY_RELU, FERRY_TYPE_F32, 8, 3, 1, 1, a, NULL, NULL);
+    expect_reject(n, FERRY_ERR_INVALID, "leaky_relu output shape");
+    tfree(n);
+    n = node_new(FERRY_OP_LEAKY_RELU, FERRY_TYPE_F16, 8, 2, 1, 1, a, NULL, NULL);
+    expect_reject(n, FERRY_ERR_UNSUPPORTED, "leaky_relu f32 -> f16");
+    tfree(n);
+    tfree(a);
+}
+
 static void test_glu(void) {
     const float alpha = 1.702f, limit = 7.0f;
     for (int op = 0; op < FERRY_GLU_COUNT; op++)
@@ -1019,7 +1047,17 @@ static void test_glu(void) {
     /* hostile */
     struct ferry_tensor *a = tnew_rand(FERRY_TYPE_F32, 9, 2, 1, 1, -1, 1);
     struct ferry_tensor *n = node_new(FERRY_OP_GLU, FERRY_TYPE_F32, 4, 2, 1, 1, a, NULL, NULL);
-    expect_reject(n, FERRY_ERR_INVALID, "glu odd row");
+    /* an odd row: halves of 4 at 0 and 4, the last element in neither (ggml) */
+    n->op_params[0] = FERRY_GLU_REGLU;
+    if (CHECK(run(n) == FERRY_OK, "glu odd row runs")) {
+        int bad = 0;
+        FOR_EACH(n, i0, i1, i2, i3) {
+            double x = getd(a, i0, i1, i2, i3), g = getd(a, i0 + 4, i1, i2, i3);
+            if (getd(n, i0, i1, i2, i3) != (x > 0 ? (double)((float)x * (float)g) : 0.0)) bad++;
+        }
+        CHECK(bad == 0, "glu odd row values: %d wrong", bad);
+    }
+    n->op_params[0] = FERRY_GLU_SWIGLU;
     a->ne[0] = 8;
     n->ne[1] = 3;
     expect_reject(n, FERRY_ERR_INVALID, "glu output shape");
@@ -1313,6 +1351,7 @@ int main(int argc, char **argv) {
     test_unary();
     test_simple_unary();
     test_glu();
+    test_leaky_relu();
     test_empty();
     test_random_nodes();
     for (int n = 1; n <= 4; n++) ferry_engine_destroy(engines[n]);

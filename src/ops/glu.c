@@ -28,9 +28,7 @@ static int glu_check(const struct ferry_tensor *node, struct ferry_error *err) {
             (rc = check_rows_contiguous(node, b, "src1", err)))
             return rc;
     } else {
-        if (a->ne[0] % 2 != 0)
-            return ferry_fail(err, FERRY_ERR_INVALID, "GLU: src0 row length %lld is odd",
-                              (long long)a->ne[0]);
+        /* an odd row's last element is in neither half, as in ggml */
         if ((rc = check_dst_shape(node, a->ne[0] / 2, a->ne[1], a->ne[2], a->ne[3], err))) return rc;
     }
     if ((rc = check_rows_contiguous(node, a, "src0", err)) ||

@@ -67,6 +67,7 @@ extern const struct ferry_kernel ferry_kernel_unary;      /* UNARY: unary.c */
 extern const struct ferry_kernel ferry_kernel_sqr;        /* SQR, SQRT: unary.c */
 extern const struct ferry_kernel ferry_kernel_scale;      /* unary.c */
 extern const struct ferry_kernel ferry_kernel_clamp;      /* unary.c */
+extern const struct ferry_kernel ferry_kernel_leaky_relu; /* unary.c */
 extern const struct ferry_kernel ferry_kernel_glu;        /* glu.c */
 extern const struct ferry_kernel ferry_kernel_sum;        /* SUM, SUM_ROWS, MEAN, CUMSUM: reduce.c */
 extern const struct ferry_kernel ferry_kernel_argmax;     /* reduce.c */

@@ -19,6 +19,7 @@ static const struct ferry_kernel *const kernels[FERRY_OP_COUNT] = {
     [FERRY_OP_SQRT] = &ferry_kernel_sqr,
     [FERRY_OP_SCALE] = &ferry_kernel_scale,
     [FERRY_OP_CLAMP] = &ferry_kernel_clamp,
+    [FERRY_OP_LEAKY_RELU] = &ferry_kernel_leaky_relu,
     [FERRY_OP_GLU] = &ferry_kernel_glu,
     [FERRY_OP_SUM] = &ferry_kernel_sum,
     [FERRY_OP_SUM_ROWS] = &ferry_kernel_sum,

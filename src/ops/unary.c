@@ -227,3 +227,25 @@ static void clamp_compute(const struct ferry_compute_params *p, struct ferry_ten
 }
 
 const struct ferry_kernel ferry_kernel_clamp = { clamp_check, NULL, clamp_compute };
+
+/* ---- LEAKY_RELU: y = max(x, 0) + slope * min(x, 0), ggml's own op (not a UNARY sub-op) ---- */
+
+static void leaky_relu_row(const struct ferry_tensor *node, float *y, const float *x, int64_t n) {
+    const float slope = ferry_param_f32(node, 0);
+    for (int64_t i = 0; i < n; i++) y[i] = (x[i] > 0.0f ? x[i] : 0.0f) + slope * (x[i] < 0.0f ? x[i] : 0.0f);
+}
+
+static int leaky_relu_check(const struct ferry_tensor *node, struct ferry_error *err) {
+    int rc = check_one_source(node, err);
+    if (rc) return rc;
+    if (node->type != FERRY_TYPE_F32 && node->type != FERRY_TYPE_F16)
+        return ferry_fail(err, FERRY_ERR_UNSUPPORTED, "LEAKY_RELU: type %s is not supported",
+                          ferry_type_name(node->type));
+    return FERRY_OK;
+}
+
+static void leaky_relu_compute(const struct ferry_compute_params *p, struct ferry_tensor *node) {
+    map_rows(p, node, leaky_relu_row);
+}
+
+const struct ferry_kernel ferry_kernel_leaky_relu = { leaky_relu_check, NULL, leaky_relu_compute };
