@@ -95,7 +95,7 @@ class Server:
                 self.proc.wait()
 
 
-def run_suite(args, server, mode, op):
+def run_suite(args, server, mode, op, params=None):
     """One test-backend-ops process; returns (lines, finished)."""
     env = dict(os.environ)
     env["GGML_RPC_SERVERS"] = f"127.0.0.1:{server.port}"
@@ -106,6 +106,8 @@ def run_suite(args, server, mode, op):
         env["_STDBUF_O"] = "L"
     env["LD_PRELOAD"] = " ".join(preload)
     cmd = [os.path.join(args.ggml, "build", "bin", "test-backend-ops"), mode, "-b", "RPC0", "-o", op]
+    if params:
+        cmd += ["-p", params]
     try:
         p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            timeout=args.timeout)
@@ -138,12 +140,19 @@ def results_of(lines, op):
 
 def run_op(args, server, op):
     row = {"op": op, "cases": 0, "passed": 0, "failed": 0, "unsupported": 0, "aborts": 0, "crashes": 0,
-           "failures": []}
+           "skipped": 0, "failures": []}
     cases = case_list(args, server, op)
+    params = None
+    if args.skip:
+        kept = [c for c in cases if not re.search(args.skip, c)]
+        row["skipped"] = len(cases) - len(kept)
+        cases = kept
+        # the suite filters by its params regex: everything but the skipped
+        params = f"^(?!.*(?:{args.skip}))"
     row["cases"] = len(cases)
     if not cases:
         return row
-    lines, finished, rc = run_suite(args, server, "test", op)
+    lines, finished, rc = run_suite(args, server, "test", op, params)
     results = results_of(lines, op)
     if server.check_alive():
         row["crashes"] += 1
@@ -189,6 +198,7 @@ def main():
     ap.add_argument("--server-log", help="append the server's output to this file")
     ap.add_argument("--stdbuf", default="/usr/libexec/coreutils/libstdbuf.so")
     ap.add_argument("--markdown", help="also write the table to this file")
+    ap.add_argument("--skip", help="leave out the cases whose parameters match this regex (counted as skipped)")
     args = ap.parse_args()
 
     if args.ops:
@@ -210,14 +220,16 @@ def main():
             row = run_op(args, server, op)
             rows.append(row)
             print(f"{op:<22} {row['cases']:>5} cases  {row['passed']:>5} ok  {row['failed']:>4} failed  "
-                  f"{row['aborts']:>4} aborts  {row['unsupported']:>4} not supported  ({time.time() - t:.1f} s)",
+                  f"{row['aborts']:>4} aborts  {row['unsupported']:>4} not supported"
+                  + (f"  {row['skipped']} skipped" if row["skipped"] else "") + f"  ({time.time() - t:.1f} s)",
                   flush=True)
             for kind, name in row["failures"][:5]:
                 print(f"    {kind}: {name}", flush=True)
     finally:
         server.stop()
 
-    tot = {k: sum(r[k] for r in rows) for k in ("cases", "passed", "failed", "unsupported", "aborts", "crashes")}
+    tot = {k: sum(r[k] for r in rows)
+           for k in ("cases", "passed", "failed", "unsupported", "aborts", "crashes", "skipped")}
     table = ["| op | cases | passed | failed | client aborts | not supported |", "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["cases"]:
@@ -230,7 +242,8 @@ def main():
             f.write("\n".join(table) + "\n")
     print(f"server: {args.server}; {len(ops)} ops; server crashes: {server.crashes}; {time.time() - t0:.0f} s")
     print(f"{tot['passed']} passed, {tot['failed'] + tot['aborts']} failed "
-          f"({tot['aborts']} client aborts, {tot['unsupported']} not supported)")
+          f"({tot['aborts']} client aborts, {tot['unsupported']} not supported"
+          + (f", {tot['skipped']} skipped by --skip" if tot["skipped"] else "") + ")")
     bad = tot["failed"] + tot["aborts"] + server.crashes
     sys.exit(1 if bad else 0)
 

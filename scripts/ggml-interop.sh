@@ -18,6 +18,9 @@ dest=$PWD/build-ggml
 [ -x "$dest/build/bin/test-backend-ops" ] || bash "$shared/build.sh" "$dest"
 [ -x build/ferry ] || { cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null && ninja -C build; }
 args=("$@")
-[ ${#args[@]} -eq 0 ] && args=(--llama)
+# the codebook IQ types need ggml's grid tables, which ferry does not carry
+# (docs/types.md section 9): their cases are counted as skipped
+codebook='type(_a)?=iq(1_s|1_m|2_xxs|2_xs|2_s|3_xxs|3_s),'
+[ ${#args[@]} -eq 0 ] && args=(--llama --skip "$codebook")
 python3 scripts/ggml-conformance.py --ggml "$dest" --ferry build/ferry --server-log build/ggml-interop-server.log \
     "${args[@]}"
