@@ -151,7 +151,7 @@ static int model_option(const char *cmd, int argc, char **argv, int *i, struct m
         return 1;
     } else if (!strcmp(a, "--log-level")) {
         enum ferry_log_level lv;
-        if (!next || ferry_log_parse_level(next, &lv))
+        if (!next || !ferry_log_parse_level(next, &lv))
             return fprintf(stderr, "ferry %s: --log-level error|warn|info|debug\n", cmd), -1;
         ferry_log_set_level(lv);
     } else {
