@@ -923,9 +923,9 @@ static void test_graph_hostile(void) {
             "view of itself at offset 0: a cycle");
     /* nodes the engine refuses */
     VARIANT(r[1].ne[0] = 7, FERRY_ERR_INVALID, "ADD with mismatched shapes");
-    VARIANT((r[2].op = FERRY_OP_CONV_TRANSPOSE_2D), FERRY_ERR_UNSUPPORTED, "op without a kernel");
-    VARIANT((r[2].op = FERRY_OP_CONV_TRANSPOSE_2D, r[2].flags = 0), FERRY_OK,
-            "op without a kernel, not flagged COMPUTE (the engine skips it)");
+    VARIANT((r[2].op = FERRY_OP_ARGMAX), FERRY_ERR_UNSUPPORTED, "a node the engine cannot run (ARGMAX into f32)");
+    VARIANT((r[2].op = FERRY_OP_ARGMAX, r[2].flags = 0), FERRY_OK,
+            "a node the engine cannot run, not flagged COMPUTE (the engine skips it)");
 #undef MAKE_VIEW
 #undef VARIANT
 }
