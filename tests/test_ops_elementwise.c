@@ -371,8 +371,8 @@ static void test_copy_reject(void) {
     n = node_new(FERRY_OP_DUP, FERRY_TYPE_I32, 64, 2, 1, 1, h, NULL, NULL);
     expect_reject(n, FERRY_ERR_UNSUPPORTED, "f16 -> i32");
     tfree(n);
-    n = node_new(FERRY_OP_DUP, FERRY_TYPE_Q4_K, 256, 1, 1, 1, tnew_rand(FERRY_TYPE_F32, 256, 1, 1, 1, -1, 1), NULL, NULL);
-    expect_reject(n, FERRY_ERR_UNSUPPORTED, "f32 -> q4_K (no quantizer)");
+    n = node_new(FERRY_OP_DUP, FERRY_TYPE_Q8_K, 256, 1, 1, 1, tnew_rand(FERRY_TYPE_F32, 256, 1, 1, 1, -1, 1), NULL, NULL);
+    expect_reject(n, FERRY_ERR_UNSUPPORTED, "f32 -> q8_K (no quantizer)");
     tfree(n->src[0]);
     tfree(n);
     n = node_new(FERRY_OP_DUP, FERRY_TYPE_Q8_0, 64, 2, 1, 1, q, NULL, NULL);

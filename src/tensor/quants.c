@@ -376,7 +376,7 @@ void ferry_quant_row_mxfp4(const float *x, void *y, int64_t n) {
     }
 }
 
-/* ---- NVFP4 (dequantize only) ------------------------------------------ */
+/* ---- NVFP4 ------------------------------------------------------------ */
 
 void ferry_dequant_row_nvfp4(const void *x, float *y, int64_t n) {
     const block_nvfp4 *b = x;
@@ -391,6 +391,45 @@ void ferry_dequant_row_nvfp4(const void *x, float *y, int64_t n) {
                 ys[j] = (float)ferry_kvalues_mxfp4[qs[j] & 15] * d;
                 ys[j + 8] = (float)ferry_kvalues_mxfp4[qs[j] >> 4] * d;
             }
+        }
+    }
+}
+
+/* Unsigned E4M3 code for a positive scale (ggml's fp32_to_ue4m3): 0 for
+ * anything not positive (NaN included), saturating at 448 (code 0x7e, the
+ * largest finite one). Normal values keep the top three mantissa bits and
+ * round on the fourth, half up; values below 2^-6 become subnormal codes
+ * M*2^-9 rounded half up, 0 when they round below 1. */
+static uint8_t ue4m3_from_f32(float x) {
+    if (!(x > 0.0f)) return 0;
+    if (x > 448.0f) x = 448.0f;
+    const uint32_t bits = f32_bits(x);
+    int exp = (int)((bits >> 23) & 0xff) - 127 + 7;
+    if (exp <= 0) {
+        int man = (int)(x * 512.0f + 0.5f);
+        if (man > 7) man = 7;
+        return man < 1 ? 0 : (uint8_t)man;
+    }
+    if (exp >= 15) return 0x7e;
+    int man = (int)((bits >> 20) & 7) + (int)((bits >> 19) & 1);
+    if (man > 7) { /* the carry moves into the exponent */
+        man = 0;
+        if (++exp >= 15) return 0x7e;
+    }
+    return (uint8_t)(exp << 3 | man);
+}
+
+void ferry_quant_row_nvfp4(const float *x, void *y, int64_t n) {
+    block_nvfp4 *b = y;
+    for (int64_t i = 0; i < n / QK_NVFP4; i++, b++, x += QK_NVFP4) {
+        for (int s = 0; s < 4; s++) {
+            const float *xs = x + 16 * s;
+            /* amax/6 maps the largest magnitude onto T_fp4's largest value 6 */
+            const uint8_t e = ue4m3_from_f32(abs_max(xs, 16) / 6.0f);
+            const float d = ue4m3_half(e);
+            b->d[s] = e;
+            for (int j = 0; j < 8; j++)
+                b->qs[8 * s + j] = pack_nibbles(fp4_best_index(xs[j], d), fp4_best_index(xs[j + 8], d));
         }
     }
 }

@@ -1,6 +1,7 @@
 /* 256-element super-block types (docs/types.md sections 5 and 6): K-quant, IQ4_XS
  * and ternary dequantizers, and the Q8_K quantizer the K-quant dot products
- * use for their f32 operand.
+ * use for their f32 operand. The other types' quantizers are in
+ * quants_k_write.c.
  *
  * All arithmetic is f32 in the order docs/types.md writes it (no FMA). */
 
