@@ -1,5 +1,5 @@
 /* Dot products of a weight row with an activation row, the inner loop of
- * MUL_MAT, MUL_MAT_ID and FLASH_ATTN_EXT (ops.md B.14).
+ * MUL_MAT, MUL_MAT_ID and FLASH_ATTN_EXT (docs/ops.md B.14).
  *
  * The activation operand is first converted to the weight type's "vec_dot
  * type" (F16 for F16 weights, Q8_0 for Q4_0, Q8_K for the K-quants, ...),
@@ -17,10 +17,13 @@
  *   - Q8_K: ggml's own blocks (they already carry f32 d and bsums).
  * Every row starts 64-byte aligned within a scratch buffer.
  *
- * Every kernel exists in portable C (vecdot.c); the hot ones also have AVX2
- * (vecdot_avx2.c) and AVX-512 (vecdot_avx512.c) versions chosen at run
- * time. A given kernel always accumulates in the same order, so a result
- * never depends on how rows were split between threads. */
+ * Every kernel exists in portable C (vecdot.c: one body per activation
+ * layout, fed by a per-type step that unpacks a weight block to int8 values
+ * and scales); the hot ones also have AVX2 (vecdot_avx2.c) and AVX-512
+ * (vecdot_avx512.c) versions chosen at run time, whose shared loops are
+ * written once over the vector width (vecdot_impl.h). A given kernel always
+ * accumulates in the same order, so a result never depends on how rows were
+ * split between threads. */
 #ifndef FERRY_VECDOT_H
 #define FERRY_VECDOT_H
 
@@ -83,6 +86,10 @@ void ferry_prepare_q8_0(const void *x, void *y, int64_t n);     /* f32 -> prepar
 void ferry_prepare_q8_1(const void *x, void *y, int64_t n);     /* f32 -> prepared Q8_1 */
 void ferry_prepare_f16(const void *x, void *y, int64_t n);      /* f32 -> f16-rounded f32 */
 void ferry_prepare_bf16(const void *x, void *y, int64_t n);     /* f32 -> bf16-rounded f32 */
+/* The portable kernel over weight blocks [i0, i1) of a Q4_0 or Q8_0 row x
+ * against the prepared row y, summed in f32 from 0: the AVX-512 kernels'
+ * blocks after their last group of eight. */
+float ferry_vec_dot_q8_blocks(enum ferry_type t, const void *x, struct ferry_q8_row y, int64_t i0, int64_t i1);
 
 /* ---- AVX2 kernels (vecdot_avx2.c); call only at FERRY_SIMD_AVX2 or above */
 void ferry_vec_dot_f32_avx2(int64_t n, float *s, const void *x, const void *y);

@@ -10,7 +10,8 @@
  * (biased) values and take bias * sum(y) back out through the prepared
  * block sums.
  * The converters produce exactly the bytes of the portable ones for finite
- * input. */
+ * input. The loops this file shares with vecdot_avx512.c (32-element
+ * blocks, FLASH_ATTN_EXT) are in vecdot_impl.h, included here at 8 lanes. */
 #include <immintrin.h>
 #include <string.h>
 
@@ -18,14 +19,41 @@
 #include "tensor/fp16.h"
 #include "vecdot.h"
 
-/* ---- helpers --------------------------------------------------------------- */
+/* ---- the width layer of vecdot_impl.h: 8 f32 lanes ---------------------------- */
 
-static inline float hsum_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+#define VD_LANES 8
+#define VECDOT(name) ferry_##name##_avx2
+typedef __m256 vd_f32;
+typedef __m256i vd_int;
+#define vd_zero _mm256_setzero_ps
+#define vd_loadu _mm256_loadu_ps
+#define vd_storeu _mm256_storeu_ps
+#define vd_broadcast _mm256_broadcast_ss
+#define vd_add _mm256_add_ps
+#define vd_fmadd _mm256_fmadd_ps
+#define vd_hsum hsum8
+#define vd_cvt_i32 _mm256_cvtepi32_ps
+#define vd_lanes128 _mm256_broadcastsi128_si256
+
+static inline vd_f32 vd_load_f16(const void *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+/* One block per step: the group's eight scales spilled to a small array
+ * and broadcast back per block, which costs only loads. */
+typedef struct {
+    float v[8] __attribute__((aligned(32)));
+} vd_scales;
+
+static inline vd_scales vd_scales_of(__m256 sc) {
+    vd_scales s;
+    _mm256_store_ps(s.v, sc);
+    return s;
 }
+
+static inline __m256 vd_scale_step(const vd_scales *s, int j) { return _mm256_broadcast_ss(&s->v[j]); }
+
+#include "vecdot_impl.h"
+
+/* ---- helpers --------------------------------------------------------------- */
 
 static inline double hsum_pd_of_ps(__m256 v) {
     const __m256d s = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)),
@@ -49,27 +77,7 @@ static inline int hsum_epi32(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-
-/* Eight f16 values found every `stride` bytes, widened. */
-static inline uint16_t u16_at(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return h;
-}
-
 static inline float half_at(const uint8_t *p) { return _cvtsh_ss(u16_at(p)); }
-
-static inline __m256 halves8(const uint8_t *p, size_t stride) {
-    __m128i v = _mm_cvtsi32_si128(u16_at(p));
-    v = _mm_insert_epi16(v, u16_at(p + stride), 1);
-    v = _mm_insert_epi16(v, u16_at(p + 2 * stride), 2);
-    v = _mm_insert_epi16(v, u16_at(p + 3 * stride), 3);
-    v = _mm_insert_epi16(v, u16_at(p + 4 * stride), 4);
-    v = _mm_insert_epi16(v, u16_at(p + 5 * stride), 5);
-    v = _mm_insert_epi16(v, u16_at(p + 6 * stride), 6);
-    v = _mm_insert_epi16(v, u16_at(p + 7 * stride), 7);
-    return _mm256_cvtph_ps(v);
-}
 
 /* 2^(e-128): half the E8M0 value, matching the doubled FP4 table. */
 static inline float e8m0_half(uint8_t e) {
@@ -100,65 +108,50 @@ static inline __m256i load32(const void *p) { return _mm256_loadu_si256((const _
 
 /* ---- float types (y: prepared f32) ------------------------------------------ */
 
-#define SUM4(a) _mm256_add_ps(_mm256_add_ps(a##0, a##1), _mm256_add_ps(a##2, a##3))
+enum float_kind { FLOAT_F32, FLOAT_F16, FLOAT_BF16 };
 
-void ferry_vec_dot_f32_avx2(int64_t n, float *s, const void *vx, const void *vy) {
-    const float *x = vx, *y = vy;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 16), _mm256_loadu_ps(y + i + 16), a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), _mm256_loadu_ps(y + i + 24), a3);
+/* Eight weights from element i on, and element i alone, as f32. */
+static inline __m256 float_load8(enum float_kind k, const void *x, int64_t i) {
+    switch (k) {
+    case FLOAT_F32: return _mm256_loadu_ps((const float *)x + i);
+    case FLOAT_F16: return vd_load_f16((const uint16_t *)x + i);
+    default: {
+        const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)x + i)));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
     }
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
-    double sum = hsum_pd_of_ps(SUM4(a));
-    for (; i < n; i++) sum += (double)(x[i] * y[i]);
-    *s = (float)sum;
+    }
 }
 
-static inline __m256 load_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+static inline float float_at(enum float_kind k, const void *x, int64_t i) {
+    switch (k) {
+    case FLOAT_F32: return ((const float *)x)[i];
+    case FLOAT_F16: return fp16_to_fp32(((const uint16_t *)x)[i]);
+    default: return bf16_to_fp32(((const uint16_t *)x)[i]);
+    }
+}
 
-/* f16 x f16-rounded products are exact in f32, so FMA changes nothing but speed. */
-void ferry_vec_dot_f16_avx2(int64_t n, float *s, const void *vx, const void *vy) {
-    const uint16_t *x = vx;
+/* One body for f32, f16 and bf16 weights. f16 x f16-rounded products are
+ * exact in f32, so FMA changes nothing but speed there. */
+static inline __attribute__((always_inline)) void float_dot(enum float_kind k, int64_t n, float *s, const void *x,
+                                                            const void *vy) {
     const float *y = vy;
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
-        a0 = _mm256_fmadd_ps(load_f16(x + i), _mm256_loadu_ps(y + i), a0);
-        a1 = _mm256_fmadd_ps(load_f16(x + i + 8), _mm256_loadu_ps(y + i + 8), a1);
-        a2 = _mm256_fmadd_ps(load_f16(x + i + 16), _mm256_loadu_ps(y + i + 16), a2);
-        a3 = _mm256_fmadd_ps(load_f16(x + i + 24), _mm256_loadu_ps(y + i + 24), a3);
+        a0 = _mm256_fmadd_ps(float_load8(k, x, i), _mm256_loadu_ps(y + i), a0);
+        a1 = _mm256_fmadd_ps(float_load8(k, x, i + 8), _mm256_loadu_ps(y + i + 8), a1);
+        a2 = _mm256_fmadd_ps(float_load8(k, x, i + 16), _mm256_loadu_ps(y + i + 16), a2);
+        a3 = _mm256_fmadd_ps(float_load8(k, x, i + 24), _mm256_loadu_ps(y + i + 24), a3);
     }
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_f16(x + i), _mm256_loadu_ps(y + i), a0);
-    double sum = hsum_pd_of_ps(SUM4(a));
-    for (; i < n; i++) sum += (double)(fp16_to_fp32(x[i]) * y[i]);
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(float_load8(k, x, i), _mm256_loadu_ps(y + i), a0);
+    double sum = hsum_pd_of_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) sum += (double)(float_at(k, x, i) * y[i]);
     *s = (float)sum;
 }
 
-static inline __m256 load_bf16(const uint16_t *p) {
-    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-}
-
-void ferry_vec_dot_bf16_avx2(int64_t n, float *s, const void *vx, const void *vy) {
-    const uint16_t *x = vx;
-    const float *y = vy;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        a0 = _mm256_fmadd_ps(load_bf16(x + i), _mm256_loadu_ps(y + i), a0);
-        a1 = _mm256_fmadd_ps(load_bf16(x + i + 8), _mm256_loadu_ps(y + i + 8), a1);
-        a2 = _mm256_fmadd_ps(load_bf16(x + i + 16), _mm256_loadu_ps(y + i + 16), a2);
-        a3 = _mm256_fmadd_ps(load_bf16(x + i + 24), _mm256_loadu_ps(y + i + 24), a3);
-    }
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_bf16(x + i), _mm256_loadu_ps(y + i), a0);
-    double sum = hsum_pd_of_ps(SUM4(a));
-    for (; i < n; i++) sum += (double)(bf16_to_fp32(x[i]) * y[i]);
-    *s = (float)sum;
-}
+void ferry_vec_dot_f32_avx2(int64_t n, float *s, const void *x, const void *y) { float_dot(FLOAT_F32, n, s, x, y); }
+void ferry_vec_dot_f16_avx2(int64_t n, float *s, const void *x, const void *y) { float_dot(FLOAT_F16, n, s, x, y); }
+void ferry_vec_dot_bf16_avx2(int64_t n, float *s, const void *x, const void *y) { float_dot(FLOAT_BF16, n, s, x, y); }
 
 void ferry_vec_mad_f32_avx2(int64_t n, float *y, const float *x, float v) {
     const __m256 vv = _mm256_set1_ps(v);
@@ -175,7 +168,7 @@ void ferry_widen_f16_avx2(const void *vx, void *vy, int64_t n) {
     const uint16_t *x = vx;
     float *y = vy;
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, load_f16(x + i));
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, vd_load_f16(x + i));
     for (; i < n; i++) y[i] = fp16_to_fp32(x[i]);
 }
 
@@ -191,7 +184,7 @@ void ferry_prepare_f16_avx2(const void *vx, void *vy, int64_t n) {
 }
 
 /* Round to nearest even on the bit pattern; NaN is kept and forced quiet
- * (types.md 2.3). The bf16 value comes back widened to f32. */
+ * (docs/types.md 2.3). The bf16 value comes back widened to f32. */
 static inline __m256 round_bf16(__m256 x) {
     const __m256i u = _mm256_castps_si256(x);
     const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
@@ -234,7 +227,7 @@ static inline float abs_max_32(const float *x) {
     return hmax_ps(m);
 }
 
-/* The x86 Q8_0/Q8_1 quantizer (types.md 4.5, 4.6) into the prepared layout:
+/* The x86 Q8_0/Q8_1 quantizer (docs/types.md 4.5, 4.6) into the prepared layout:
  * d = amax/127 stored as f16, quants RNE(x * 127/amax). */
 static inline void prepare_q8(const float *x, void *vy, int64_t n, bool q8_1) {
     int8_t *q = vy;
@@ -253,7 +246,7 @@ static inline void prepare_q8(const float *x, void *vy, int64_t n, bool q8_1) {
 void ferry_prepare_q8_0_avx2(const void *x, void *y, int64_t n) { prepare_q8(x, y, n, false); }
 void ferry_prepare_q8_1_avx2(const void *x, void *y, int64_t n) { prepare_q8(x, y, n, true); }
 
-/* Q8_K (types.md 5.6): the scale comes from the first element of largest
+/* Q8_K (docs/types.md 5.6): the scale comes from the first element of largest
  * magnitude, with its sign. Blocks with NaN take the portable path, whose
  * comparisons define what happens to them. */
 void ferry_quantize_row_q8_K_avx2(const void *vx, void *vy, int64_t n) {
@@ -287,27 +280,7 @@ void ferry_quantize_row_q8_K_avx2(const void *vx, void *vy, int64_t n) {
     }
 }
 
-/* ---- 32-element blocks against prepared Q8_0 ----------------------------------
- *
- * One loop for the four formats; `fmt` is a constant in each caller, so the
- * switches fold away. Eight blocks per step: their scales d_x*d_y in one
- * vector (spilled to a small array and broadcast back per block, which
- * costs only loads), four accumulators. */
-
-enum q8_family { FAM_Q4_0, FAM_Q8_0, FAM_IQ4_NL, FAM_MXFP4 };
-
-static inline size_t fam_block_bytes(enum q8_family f) {
-    switch (f) {
-    case FAM_Q4_0: return sizeof(block_q4_0);
-    case FAM_Q8_0: return sizeof(block_q8_0);
-    case FAM_IQ4_NL: return sizeof(block_iq4_nl);
-    default: return sizeof(block_mxfp4);
-    }
-}
-
-static inline float fam_scale(enum q8_family f, const uint8_t *blk) {
-    return f == FAM_MXFP4 ? e8m0_half(blk[0]) : half_at(blk);
-}
+/* ---- 32-element blocks against prepared Q8_0 (the loop: vecdot_impl.h) ------------ */
 
 /* e8m0_half of eight exponent bytes found every 17 bytes, in one vector:
  * (e-1) << 23, or 0x00200000 << e for the two subnormal codes. */
@@ -327,81 +300,48 @@ static inline __m256 e8m0_half8(const uint8_t *p) {
     return _mm256_castsi256_ps(_mm256_blendv_epi8(normal, sub, is_sub));
 }
 
-static inline __m256 fam_scales8(enum q8_family f, const uint8_t *blk) {
-    return f == FAM_MXFP4 ? e8m0_half8(blk) : halves8(blk, fam_block_bytes(f));
+static inline __m256 vd_q8_scales8(enum vd_format f, const uint8_t *x) {
+    return f == VD_MXFP4 ? e8m0_half8(x) : halves8(x, vd_block_bytes(f));
 }
 
-static inline __m256i table16(const int8_t t[16]) {
-    const __m128i v = _mm_loadu_si128((const __m128i *)t);
-    return _mm256_set_m128i(v, v);
-}
-
-/* What the unsigned forms below add per unit of sum(y), taken back out
- * through the prepared block sums: Q4_0 multiplies its raw nibbles (q, not
- * q-8), MXFP4 its table values plus 12 (0..24). */
-static inline float fam_bias(enum q8_family f) { return f == FAM_Q4_0 ? 8.0f : f == FAM_MXFP4 ? 12.0f : 0.0f; }
-
-/* Integer block products as 8 i32 lanes. */
-static inline __m256i fam_products(enum q8_family f, const uint8_t *blk, const int8_t *y, __m256i table) {
+/* One block's products as 8 i32 lanes; Q4_0 and MXFP4 in their unsigned
+ * (biased) forms. */
+static inline vd_int vd_q8_products(enum vd_format f, bool vnni, const uint8_t *x, const int8_t *y, vd_int table) {
+    (void)vnni;
     const __m256i yy = load32(y);
     switch (f) {
-    case FAM_Q4_0: return dot_unsigned(nibbles(blk + 2), yy);
-    case FAM_Q8_0: return dot_signed(load32(blk + 2), yy);
-    case FAM_IQ4_NL: return dot_signed(_mm256_shuffle_epi8(table, nibbles(blk + 2)), yy);
-    default: return dot_unsigned(_mm256_shuffle_epi8(table, nibbles(blk + 1)), yy);
+    case VD_Q4_0: return dot_unsigned(nibbles(x + 2), yy);
+    case VD_Q8_0: return dot_signed(load32(x + 2), yy);
+    case VD_IQ4_NL: return dot_signed(_mm256_shuffle_epi8(table, nibbles(x + 2)), yy);
+    default: return dot_unsigned(_mm256_shuffle_epi8(table, nibbles(x + 1)), yy);
     }
 }
 
-static inline __m256i mxfp4_table_biased(void) {
-    int8_t t[16];
-    for (int i = 0; i < 16; i++) t[i] = (int8_t)(ferry_kvalues_mxfp4[i] + 12);
-    return table16(t);
-}
-
-static inline void q8_family_dot(enum q8_family f, int64_t n, float *s, const void *vx, const void *vy) {
-    const uint8_t *x = vx;
-    const size_t bs = fam_block_bytes(f);
-    const struct ferry_q8_row y = ferry_q8_row(vy, n);
-    const int64_t nb = n / 32;
-    const __m256i table = f == FAM_IQ4_NL ? table16(ferry_kvalues_iq4nl) : mxfp4_table_biased();
-    const bool biased = fam_bias(f) != 0.0f;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, corr = a0;
-    float sc[8] __attribute__((aligned(32)));
-    int64_t i = 0;
-    for (; i + 8 <= nb; i += 8) {
-        const uint8_t *xb = x + i * bs;
-        const int8_t *yq = y.q + 32 * i;
-        const __m256 dx = fam_scales8(f, xb);
-        _mm256_store_ps(sc, _mm256_mul_ps(dx, _mm256_loadu_ps(y.d + i)));
-        if (biased) corr = _mm256_fmadd_ps(dx, _mm256_loadu_ps(y.s + i), corr);
-#define STEP(k, acc)                                                                                           \
-    acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&sc[k]),                                                         \
-                          _mm256_cvtepi32_ps(fam_products(f, xb + (k) * bs, yq + 32 * (k), table)), acc)
-        STEP(0, a0); STEP(1, a1); STEP(2, a2); STEP(3, a3);
-        STEP(4, a0); STEP(5, a1); STEP(6, a2); STEP(7, a3);
-#undef STEP
-    }
+/* The same products one block at a time, each block's bias taken out at once. */
+static inline float vd_q8_tail(enum vd_format f, bool vnni, const uint8_t *x, struct ferry_q8_row y, int64_t i,
+                               int64_t nb, vd_int table) {
+    const size_t bs = vd_block_bytes(f);
+    const float bias = vd_bias(f, vnni);
     float tail = 0.0f;
     for (; i < nb; i++) {
         const uint8_t *xb = x + i * bs;
-        const float dx = fam_scale(f, xb);
-        const int isum = hsum_epi32(fam_products(f, xb, y.q + 32 * i, table));
+        const float dx = f == VD_MXFP4 ? e8m0_half(xb[0]) : half_at(xb);
+        const int isum = hsum_epi32(vd_q8_products(f, vnni, xb, y.q + 32 * i, table));
         tail += (float)isum * (dx * y.d[i]);
-        if (biased) tail -= fam_bias(f) * (dx * y.s[i]);
+        if (bias != 0.0f) tail -= bias * (dx * y.s[i]);
     }
-    /* sum (q-B)*y = sum q*y - B * sum y, with d_y * sum(y) prepared as s */
-    *s = hsum_ps(SUM4(a)) - (biased ? fam_bias(f) * hsum_ps(corr) : 0.0f) + tail;
+    return tail;
 }
 
-void ferry_vec_dot_q4_0_avx2(int64_t n, float *s, const void *x, const void *y) { q8_family_dot(FAM_Q4_0, n, s, x, y); }
-void ferry_vec_dot_q8_0_avx2(int64_t n, float *s, const void *x, const void *y) { q8_family_dot(FAM_Q8_0, n, s, x, y); }
-void ferry_vec_dot_iq4_nl_avx2(int64_t n, float *s, const void *x, const void *y) { q8_family_dot(FAM_IQ4_NL, n, s, x, y); }
-void ferry_vec_dot_mxfp4_avx2(int64_t n, float *s, const void *x, const void *y) { q8_family_dot(FAM_MXFP4, n, s, x, y); }
+void ferry_vec_dot_q4_0_avx2(int64_t n, float *s, const void *x, const void *y) { vd_q8_dot(VD_Q4_0, false, n, s, x, y); }
+void ferry_vec_dot_q8_0_avx2(int64_t n, float *s, const void *x, const void *y) { vd_q8_dot(VD_Q8_0, false, n, s, x, y); }
+void ferry_vec_dot_iq4_nl_avx2(int64_t n, float *s, const void *x, const void *y) { vd_q8_dot(VD_IQ4_NL, false, n, s, x, y); }
+void ferry_vec_dot_mxfp4_avx2(int64_t n, float *s, const void *x, const void *y) { vd_q8_dot(VD_MXFP4, false, n, s, x, y); }
 
 /* ---- K-quants against Q8_K ---------------------------------------------------- */
 
 /* The eight 6-bit scales (sc) and mins (m) of a Q4_K/Q5_K super-block
- * (types.md 5.3), four at a time in 32-bit words: bytes 0-3 hold sc0-3,
+ * (docs/types.md 5.3), four at a time in 32-bit words: bytes 0-3 hold sc0-3,
  * 4-7 m0-3, 8-11 the low nibbles of sc4-7 and m4-7, and the top two bits
  * of bytes 0-7 complete sc4-7 and m4-7. */
 static inline void k4_scales(const uint8_t s[12], uint8_t sc[8], uint8_t m[8]) {
@@ -469,7 +409,7 @@ void ferry_vec_dot_q4_K_avx2(int64_t n, float *s, const void *vx, const void *vy
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dall), _mm256_cvtepi32_ps(_mm256_add_epi32(i01, i23)), acc);
         acc_m = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(mins), acc_m);
     }
-    *s = hsum_ps(acc) - hsum_ps(acc_m);
+    *s = hsum8(acc) - hsum8(acc_m);
 }
 
 /* Group g (32 elements) of half h of a Q6_K super-block, times its two
@@ -507,104 +447,5 @@ void ferry_vec_dot_q6_K_avx2(int64_t n, float *s, const void *vx, const void *vy
         const float d = y[b].d * half_at((const uint8_t *)&x[b].d);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
     }
-    *s = hsum_ps(acc);
-}
-
-/* ---- FLASH_ATTN_EXT inner loops for f16 K and V --------------------------------
- *
- * Several query heads share one KV head (GQA); these read each K/V value
- * once for up to eight of them. Each head's numbers are formed exactly as
- * if it were alone, so the grouping never changes a result. */
-
-/* Up to four heads at once: two accumulators each, even and odd chunks.
- * NG is a constant in each instance (see the switch below). */
-static inline __attribute__((always_inline)) void scores_ng(int64_t n, const uint16_t *k, const float *const *q,
-                                                            const int NG, float *out) {
-    __m256 a[4][2];
-    #pragma GCC unroll 8
-    for (int g = 0; g < NG; g++) a[g][0] = a[g][1] = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __m256 k0 = load_f16(k + i), k1 = load_f16(k + i + 8);
-        #pragma GCC unroll 8
-        for (int g = 0; g < NG; g++) {
-            a[g][0] = _mm256_fmadd_ps(k0, _mm256_loadu_ps(q[g] + i), a[g][0]);
-            a[g][1] = _mm256_fmadd_ps(k1, _mm256_loadu_ps(q[g] + i + 8), a[g][1]);
-        }
-    }
-    #pragma GCC unroll 8
-    for (int g = 0; g < NG; g++) {
-        float sum = hsum_ps(_mm256_add_ps(a[g][0], a[g][1]));
-        for (int64_t t = i; t < n; t++) sum += fp16_to_fp32(k[t]) * q[g][t];
-        out[g] = sum;
-    }
-}
-
-void ferry_attn_scores_f16_avx2(int64_t n, const uint16_t *k, const float *const *q, int ng, float *out) {
-    for (int g = 0; g < ng; g += 4) {
-        switch (ng - g < 4 ? ng - g : 4) {
-        case 1: scores_ng(n, k, q + g, 1, out + g); break;
-        case 2: scores_ng(n, k, q + g, 2, out + g); break;
-        case 3: scores_ng(n, k, q + g, 3, out + g); break;
-        default: scores_ng(n, k, q + g, 4, out + g); break;
-        }
-    }
-}
-
-/* acc[g][0..dv) += w[g][c] * V[c] over the listed positions c. Positions
- * go in blocks whose V rows stay in L1 (the next block's are prefetched)
- * while eight columns at a time pass over them with the accumulators in
- * registers; each accumulator still sees its terms in position order. */
-#define ATTN_POS_BLOCK 32
-
-static inline __attribute__((always_inline)) void accumulate_block(int64_t dv, const int32_t *pos, int64_t nt,
-                                                                   const char *v, size_t nbv, const float *wb,
-                                                                   const int NG, float *const *acc) {
-    int64_t e = 0;
-    for (; e + 8 <= dv; e += 8) {
-        __m256 a[8];
-        #pragma GCC unroll 8
-        for (int g = 0; g < NG; g++) a[g] = _mm256_loadu_ps(acc[g] + e);
-        for (int64_t t = 0; t < nt; t++) {
-            const __m256 x = load_f16((const uint16_t *)(const void *)(v + (size_t)pos[t] * nbv) + e);
-            #pragma GCC unroll 8
-            for (int g = 0; g < NG; g++) a[g] = _mm256_fmadd_ps(_mm256_broadcast_ss(&wb[8 * t + g]), x, a[g]);
-        }
-        #pragma GCC unroll 8
-        for (int g = 0; g < NG; g++) _mm256_storeu_ps(acc[g] + e, a[g]);
-    }
-    for (; e < dv; e++)
-        for (int64_t t = 0; t < nt; t++) {
-            uint16_t h;
-            memcpy(&h, v + (size_t)pos[t] * nbv + 2 * e, 2);
-            const float x = fp16_to_fp32(h);
-            #pragma GCC unroll 8
-            for (int g = 0; g < NG; g++) acc[g][e] = fmaf(wb[8 * t + g], x, acc[g][e]);
-        }
-}
-
-void ferry_attn_accumulate_f16_avx2(int64_t dv, const int32_t *pos, int64_t npos, const char *v, size_t nbv,
-                                    const float *const *w, int ng, float *const *acc) {
-    float wb[8 * ATTN_POS_BLOCK] __attribute__((aligned(32)));
-    const size_t row_bytes = (size_t)dv * 2;
-    for (int64_t t0 = 0; t0 < npos; t0 += ATTN_POS_BLOCK) {
-        const int64_t nt = npos - t0 < ATTN_POS_BLOCK ? npos - t0 : ATTN_POS_BLOCK;
-        const int32_t *p = pos + t0;
-        for (int64_t t = 0; t < nt; t++)
-            for (int g = 0; g < ng; g++) wb[8 * t + g] = w[g][p[t]];
-        const int64_t next_end = npos - t0 - nt < ATTN_POS_BLOCK ? npos - t0 - nt : ATTN_POS_BLOCK;
-        for (int64_t t = 0; t < next_end; t++)
-            for (size_t off = 0; off < row_bytes; off += 64)
-                _mm_prefetch(v + (size_t)p[nt + t] * nbv + off, _MM_HINT_T0);
-        switch (ng) {
-        case 1: accumulate_block(dv, p, nt, v, nbv, wb, 1, acc); break;
-        case 2: accumulate_block(dv, p, nt, v, nbv, wb, 2, acc); break;
-        case 3: accumulate_block(dv, p, nt, v, nbv, wb, 3, acc); break;
-        case 4: accumulate_block(dv, p, nt, v, nbv, wb, 4, acc); break;
-        case 5: accumulate_block(dv, p, nt, v, nbv, wb, 5, acc); break;
-        case 6: accumulate_block(dv, p, nt, v, nbv, wb, 6, acc); break;
-        case 7: accumulate_block(dv, p, nt, v, nbv, wb, 7, acc); break;
-        default: accumulate_block(dv, p, nt, v, nbv, wb, 8, acc); break;
-        }
-    }
+    *s = hsum8(acc);
 }
