@@ -25,5 +25,5 @@ args=("$@")
 # (docs/types.md section 9): their cases are counted as skipped
 codebook='type(_a|_src)?=iq(1_s|1_m|2_xxs|2_xs|2_s|3_xxs|3_s),'
 [ ${#args[@]} -eq 0 ] && args=(--llama --skip "$codebook")
-python3 scripts/ggml-conformance.py --ggml "$dest" --ferry build/ferry --server-log build/ggml-interop-server.log \
+python3 scripts/ggml-conformance.py --ggml "$dest" --ferry build/ferry --server-log build/ggml-interop-server.log --timeout 3600 \
     "${args[@]}"
