@@ -40,6 +40,19 @@ static inline void row_coords(const struct ferry_tensor *t, int64_t r, int64_t *
     *i1 = r - *i2 * t->ne[1];
 }
 
+/* Runs fn on this thread's share of the node's rows. */
+typedef void (*node_row_fn)(struct ferry_tensor *node, int64_t i1, int64_t i2, int64_t i3);
+
+static inline void for_my_rows(const struct ferry_compute_params *p, struct ferry_tensor *node, node_row_fn fn) {
+    int64_t r0, r1;
+    split_range(ferry_nrows(node), p->ith, p->nth, &r0, &r1);
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t i1, i2, i3;
+        row_coords(node, r, &i1, &i2, &i3);
+        fn(node, i1, i2, i3);
+    }
+}
+
 /* Scalar load/store for the float-like types F32, F16, BF16. */
 static inline float load_f32(enum ferry_type type, const void *p) {
     switch (type) {

@@ -36,18 +36,6 @@ static void copy_units(char *dst, size_t sd, const char *src, size_t ss, int64_t
     for (int64_t i = 0; i < n; i++) memmove(dst + i * (int64_t)sd, src + i * (int64_t)ss, unit);
 }
 
-/* Runs fn on this thread's share of the output's rows. */
-typedef void (*row_fn)(struct ferry_tensor *node, int64_t i1, int64_t i2, int64_t i3);
-
-static void for_my_rows(const struct ferry_compute_params *p, struct ferry_tensor *node, row_fn fn) {
-    int64_t r0, r1;
-    split_range(ferry_nrows(node), p->ith, p->nth, &r0, &r1);
-    for (int64_t r = r0; r < r1; r++) {
-        int64_t i1, i2, i3;
-        row_coords(node, r, &i1, &i2, &i3);
-        fn(node, i1, i2, i3);
-    }
-}
 
 /* ---- CONCAT ---- */
 

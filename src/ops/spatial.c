@@ -23,18 +23,6 @@ static int check_f32_unary(const struct ferry_tensor *node, struct ferry_error *
 static inline float get_f(const void *p) { float v; memcpy(&v, p, sizeof v); return v; }
 static inline void put_f(void *p, float v) { memcpy(p, &v, sizeof v); }
 
-typedef void (*row_fn)(struct ferry_tensor *node, int64_t i1, int64_t i2, int64_t i3);
-
-static void for_my_rows(const struct ferry_compute_params *p, struct ferry_tensor *node, row_fn fn) {
-    int64_t r0, r1;
-    split_range(ferry_nrows(node), p->ith, p->nth, &r0, &r1);
-    for (int64_t r = r0; r < r1; r++) {
-        int64_t i1, i2, i3;
-        row_coords(node, r, &i1, &i2, &i3);
-        fn(node, i1, i2, i3);
-    }
-}
-
 /* ---- UPSCALE ----
  * P[0]: mode in the low byte (0 nearest, 1 bilinear, 2 bicubic), flags
  * 0x100 align corners, 0x200 antialias (bilinear only). Any output size;
