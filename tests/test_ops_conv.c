@@ -23,25 +23,8 @@ static const int engine_threads[3] = { 1, 2, 4 };
 
 /* ---- tensors ---- */
 
-static struct ferry_tensor *owned[256];
-static int n_owned;
-
-static struct ferry_tensor *keep(struct ferry_tensor *t) {
-    if (CHECK(n_owned < (int)(sizeof owned / sizeof owned[0]), "too many tensors in one test"))
-        owned[n_owned++] = t;
-    return t;
-}
-
-static void free_all(void) {
-    for (int i = 0; i < n_owned; i++) {
-        if (owned[i]->view_src) free(owned[i]);
-        else test_tensor_free(owned[i]);
-    }
-    n_owned = 0;
-}
-
 static struct ferry_tensor *new_tensor(enum ferry_type type, int64_t ne0, int64_t ne1, int64_t ne2, int64_t ne3) {
-    return keep(test_tensor_new(type, ne0, ne1, ne2, ne3));
+    return test_keep(test_tensor_new(type, ne0, ne1, ne2, ne3));
 }
 
 static struct ferry_tensor *rand_tensor(enum ferry_type type, int64_t ne0, int64_t ne1, int64_t ne2, int64_t ne3) {
@@ -51,25 +34,13 @@ static struct ferry_tensor *rand_tensor(enum ferry_type type, int64_t ne0, int64
 }
 
 /* ggml_permute(base, a0..a3): ne'[a_k] = ne[k], nb'[a_k] = nb[k]. */
-static struct ferry_tensor *permute(struct ferry_tensor *base, int a0, int a1, int a2, int a3) {
-    struct ferry_tensor *v = calloc(1, sizeof *v);
-    *v = *base;
-    const int ax[4] = { a0, a1, a2, a3 };
-    for (int k = 0; k < 4; k++) {
-        v->ne[ax[k]] = base->ne[k];
-        v->nb[ax[k]] = base->nb[k];
-    }
-    v->op = FERRY_OP_PERMUTE;
-    v->view_src = base;
-    return keep(v);
-}
 
 /* A tensor of shape ne stored channel-first (dims 0..2 of memory hold
  * ne2, ne0, ne1), seen through a permuted view with the logical shape:
  * the CWHN layout of ggml's conv tests. */
 static struct ferry_tensor *rand_cwhn(int64_t ne0, int64_t ne1, int64_t ne2, int64_t ne3) {
     struct ferry_tensor *base = rand_tensor(FERRY_TYPE_F32, ne2, ne0, ne1, ne3);
-    return permute(base, 2, 0, 1, 3);
+    return test_permute(base, 2, 0, 1, 3);
 }
 
 static bool padded_outputs; /* new_node gives rows 3 elements of slack */
@@ -113,12 +84,6 @@ static bool run_threads(struct ferry_tensor *node, const char *what) {
     }
     free(first);
     return ok;
-}
-
-static bool rejected(struct ferry_tensor *node, const char *what) {
-    struct ferry_error err = { 0 };
-    int rc = ferry_engine_check_node(node, &err);
-    return CHECK(rc == FERRY_ERR_INVALID || rc == FERRY_ERR_UNSUPPORTED, "%s: not rejected (rc %d)", what, rc);
 }
 
 /* Output vs a double reference in logical order: NMSE under tol. */
@@ -217,9 +182,9 @@ static void test_im2col(void) {
                          params[i], "IM2COL 1-D f16");
             /* a transposed image: strides honoured */
             check_im2col(FERRY_TYPE_F32, FERRY_TYPE_F32, true,
-                         permute(rand_tensor(FERRY_TYPE_F32, 10, 12, 2, 1), 1, 0, 2, 3), 3, 3, params[i],
+                         test_permute(rand_tensor(FERRY_TYPE_F32, 10, 12, 2, 1), 1, 0, 2, 3), 3, 3, params[i],
                          "IM2COL 2-D transposed image");
-            free_all();
+            test_free_kept();
         }
     }
     padded_outputs = false;
@@ -273,7 +238,7 @@ static void test_im2col_3d(void) {
         check_im2col_3d(FERRY_TYPE_F16, rand_tensor(FERRY_TYPE_F32, 8, 10, 6, 4), 2, k, params[i], "IM2COL_3D f16");
         /* N = ne3 / IC truncates: 7 planes of IC 3 are two images */
         check_im2col_3d(FERRY_TYPE_F32, rand_tensor(FERRY_TYPE_F32, 6, 7, 5, 7), 3, k, params[i], "IM2COL_3D N = 7/3");
-        free_all();
+        test_free_kept();
     }
 }
 
@@ -314,7 +279,7 @@ static void test_im2col_back(void) {
             free(gv);
             free(ref);
         }
-        free_all();
+        test_free_kept();
     }
 }
 
@@ -346,7 +311,7 @@ static void test_col2im_1d(void) {
             expect_close(node, ref, t == 0 ? 1e-12 : 1e-5, "COL2IM_1D");
             free(x);
             free(ref);
-            free_all();
+            test_free_kept();
         }
 }
 
@@ -397,7 +362,7 @@ static void test_conv_2d(void) {
                 check_conv_2d(kt, rand_tensor(FERRY_TYPE_F32, 23, 19, 5, 2), 3, 2, 7, params[i], "CONV_2D");
                 check_conv_2d(kt, rand_tensor(FERRY_TYPE_F32, 41, 37, 3, 1), 1, 1, 4, params[i], "CONV_2D 1x1");
                 check_conv_2d(kt, rand_cwhn(29, 17, 6, 2), 3, 3, 5, params[i], "CONV_2D CWHN input");
-                free_all();
+                test_free_kept();
             }
     }
     padded_outputs = false;
@@ -451,7 +416,7 @@ static void test_conv_3d(void) {
     for (size_t i = 0; i < sizeof params / sizeof params[0]; i++) {
         check_conv_3d(FERRY_TYPE_F32, 2, 3, 4, in, k, params[i], "CONV_3D f32");
         check_conv_3d(FERRY_TYPE_F16, 1, 2, 5, in, k, params[i], "CONV_3D f16");
-        free_all();
+        test_free_kept();
     }
 }
 
@@ -493,7 +458,7 @@ static void test_conv_2d_dw(void) {
             const enum ferry_type kt = t ? FERRY_TYPE_F16 : FERRY_TYPE_F32;
             check_conv_2d_dw(kt, rand_tensor(FERRY_TYPE_F32, 17, 34, 9, 2), 3, 3, params[i], "CONV_2D_DW");
             check_conv_2d_dw(kt, rand_cwhn(15, 8, 11, 1), 3, 2, params[i], "CONV_2D_DW CWHN");
-            free_all();
+            test_free_kept();
         }
 }
 
@@ -544,7 +509,7 @@ static void test_conv_transpose(void) {
                 check_conv_transpose(kt, false, 2, 1, 1, 1, 1, 37, 1, s, "CONV_TRANSPOSE_1D long kernel");
                 check_conv_transpose(kt, true, 10, 7, 9, 1, 3, 3, 3, s, "CONV_TRANSPOSE_2D");
                 check_conv_transpose(kt, true, 5, 4, 3, 2, 2, 2, 4, s, "CONV_TRANSPOSE_2D batch of 2");
-                free_all();
+                test_free_kept();
             }
         }
     }
@@ -648,17 +613,17 @@ static void test_pool(void) {
                 for (int32_t p = 0; p <= 2; p++) {
                     check_pool_1d(rand_tensor(FERRY_TYPE_F32, 11, 3, 2, 1), op, k, s, p);
                     check_pool_1d(rand_tensor(FERRY_TYPE_F16, 10, 1, 3, 2), op, k, s, p);
-                    free_all();
+                    test_free_kept();
                 }
         static const int32_t kp[][6] = { { 3, 3, 1, 1, 1, 1 }, { 1, 3, 2, 1, 0, 1 }, { 3, 2, 2, 2, 1, 0 },
                                          { 2, 2, 2, 2, 0, 0 } };
         for (size_t i = 0; i < sizeof kp / sizeof kp[0]; i++) {
             check_pool_2d(rand_tensor(FERRY_TYPE_F32, 10, 10, 3, 1), op, kp[i]);
             check_pool_2d(rand_tensor(FERRY_TYPE_F16, 9, 7, 2, 2), op, kp[i]);
-            check_pool_2d(permute(rand_tensor(FERRY_TYPE_F32, 8, 11, 2, 1), 1, 0, 2, 3), op, kp[i]);
+            check_pool_2d(test_permute(rand_tensor(FERRY_TYPE_F32, 8, 11, 2, 1), 1, 0, 2, 3), op, kp[i]);
             check_pool_2d_back(FERRY_TYPE_F32, op, kp[i]);
             check_pool_2d_back(FERRY_TYPE_F16, op, kp[i]);
-            free_all();
+            test_free_kept();
         }
     }
 }
@@ -747,9 +712,9 @@ static void test_upscale(void) {
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
             const int64_t *ne = shapes[s][0];
             check_upscale(rand_tensor(FERRY_TYPE_F32, ne[0], ne[1], ne[2], ne[3]), shapes[s][1], modes[m], "UPSCALE");
-            struct ferry_tensor *t = permute(rand_tensor(FERRY_TYPE_F32, ne[1], ne[0], ne[2], ne[3]), 1, 0, 2, 3);
+            struct ferry_tensor *t = test_permute(rand_tensor(FERRY_TYPE_F32, ne[1], ne[0], ne[2], ne[3]), 1, 0, 2, 3);
             check_upscale(t, shapes[s][1], modes[m], "UPSCALE transposed input");
-            free_all();
+            test_free_kept();
         }
 }
 
@@ -775,13 +740,13 @@ static void test_pad_reflect_roll(void) {
             free(x);
             free(ref);
         }
-        free_all();
+        test_free_kept();
     }
     static const int32_t shifts[][4] = { { 3, -2, 1, -1 }, { 0, 0, 0, 0 }, { -9, 3, -3, 2 } };
     for (size_t i = 0; i < sizeof shifts / sizeof shifts[0]; i++)
         for (int perm = 0; perm < 2; perm++) {
             struct ferry_tensor *a = rand_tensor(FERRY_TYPE_F32, 10, 5, 4, 3);
-            if (perm) a = permute(a, 0, 2, 1, 3);
+            if (perm) a = test_permute(a, 0, 2, 1, 3);
             struct ferry_tensor *node = new_node(FERRY_OP_ROLL, FERRY_TYPE_F32, a->ne[0], a->ne[1], a->ne[2], a->ne[3], a, NULL);
             set_params(node, shifts[i], 4);
             if (!run_threads(node, "ROLL")) continue;
@@ -800,7 +765,7 @@ static void test_pad_reflect_roll(void) {
             expect_exact(node, ref, "ROLL");
             free(x);
             free(ref);
-            free_all();
+            test_free_kept();
         }
 }
 
@@ -835,7 +800,7 @@ static void test_windows(void) {
         free(back);
         free(x);
     }
-    free_all();
+    test_free_kept();
 
     /* GET_REL_POS: row (i1, i2) is src row kh - 1 - i1 + i2 */
     for (int t = 0; t < 2; t++) {
@@ -853,7 +818,7 @@ static void test_windows(void) {
             free(x);
             free(ref);
         }
-        free_all();
+        test_free_kept();
     }
 
     /* ADD_REL_POS: out[r, h*W + w] = a + ph[h, r] + pw[w, r] */
@@ -889,7 +854,7 @@ static void test_windows(void) {
         free(xv);
         free(pwv);
         free(phv);
-        free_all();
+        test_free_kept();
     }
 }
 
@@ -907,21 +872,21 @@ static void test_hostile(void) {
     struct ferry_tensor *n;
     /* IM2COL: zero and negative strides and dilations, a wrong length,
      * params whose output length overflows, an f16 image into f32 */
-    rejected(im2col_node(0, 1, 0, 8), "IM2COL stride 0");
-    rejected(im2col_node(-1, 1, 0, 8), "IM2COL stride -1");
-    rejected(im2col_node(1, 0, 0, 8), "IM2COL dilation 0");
-    rejected(im2col_node(1, 1, 0, 9), "IM2COL wrong OW");
-    rejected(im2col_node(1, INT_MAX, 0, 8), "IM2COL huge dilation");
-    rejected(im2col_node(1, 1, INT_MAX, 8), "IM2COL huge padding");
+    test_rejected(im2col_node(0, 1, 0, 8), "IM2COL stride 0");
+    test_rejected(im2col_node(-1, 1, 0, 8), "IM2COL stride -1");
+    test_rejected(im2col_node(1, 0, 0, 8), "IM2COL dilation 0");
+    test_rejected(im2col_node(1, 1, 0, 9), "IM2COL wrong OW");
+    test_rejected(im2col_node(1, INT_MAX, 0, 8), "IM2COL huge dilation");
+    test_rejected(im2col_node(1, 1, INT_MAX, 8), "IM2COL huge padding");
     n = im2col_node(1, 1, 0, 8);
     n->src[1] = new_tensor(FERRY_TYPE_F16, 10, 10, 2, 1);
-    rejected(n, "IM2COL f16 image -> f32");
+    test_rejected(n, "IM2COL f16 image -> f32");
     n = im2col_node(1, 1, 0, 8);
     n->type = FERRY_TYPE_BF16;
-    rejected(n, "IM2COL bf16 output");
+    test_rejected(n, "IM2COL bf16 output");
     n = im2col_node(1, 1, 0, 8);
     n->ne[0] = 17;
-    rejected(n, "IM2COL wrong row length");
+    test_rejected(n, "IM2COL wrong row length");
 
     /* a kernel with 2^40 columns at stride 0 (tiny extent): its product
      * with the dilation overflows */
@@ -930,7 +895,7 @@ static void test_hostile(void) {
     wide->nb[0] = wide->nb[1] = wide->nb[2] = wide->nb[3] = 0;
     n = im2col_node(1, 1 << 30, 0, 8);
     n->src[0] = wide;
-    rejected(n, "IM2COL 2^40 kernel, dilation 2^30");
+    test_rejected(n, "IM2COL 2^40 kernel, dilation 2^30");
 
     /* CONV_2D: shapes, types, params */
     struct ferry_tensor *k = new_tensor(FERRY_TYPE_F32, 3, 3, 4, 5), *img = new_tensor(FERRY_TYPE_F32, 12, 12, 4, 1);
@@ -940,20 +905,20 @@ static void test_hostile(void) {
     struct ferry_error err = { 0 };
     CHECK(ferry_engine_check_node(n, &err) == FERRY_OK, "CONV_2D baseline accepted: %s", err.msg);
     n->op_params[1] = 0;
-    rejected(n, "CONV_2D stride 0");
+    test_rejected(n, "CONV_2D stride 0");
     n->op_params[1] = 1, n->op_params[5] = -2;
-    rejected(n, "CONV_2D dilation -2");
+    test_rejected(n, "CONV_2D dilation -2");
     n->op_params[5] = 1;
     n->ne[2] = 4;
-    rejected(n, "CONV_2D wrong OC");
+    test_rejected(n, "CONV_2D wrong OC");
     n->ne[2] = 5;
     n->src[1] = new_tensor(FERRY_TYPE_F32, 12, 12, 3, 1);
-    rejected(n, "CONV_2D channel mismatch");
+    test_rejected(n, "CONV_2D channel mismatch");
     n->src[1] = new_tensor(FERRY_TYPE_F16, 12, 12, 4, 1);
-    rejected(n, "CONV_2D f16 input");
+    test_rejected(n, "CONV_2D f16 input");
     n->src[1] = img;
     n->src[0] = new_tensor(FERRY_TYPE_Q8_0, 32, 3, 4, 5);
-    rejected(n, "CONV_2D q8_0 kernel");
+    test_rejected(n, "CONV_2D q8_0 kernel");
 
     /* CONV_3D: C*OC, N*C and zero counts */
     struct ferry_tensor *k3 = new_tensor(FERRY_TYPE_F32, 2, 2, 2, 6), *i3 = new_tensor(FERRY_TYPE_F32, 5, 5, 5, 4);
@@ -962,30 +927,30 @@ static void test_hostile(void) {
     set_params(n, ok3, 12);
     CHECK(ferry_engine_check_node(n, &err) == FERRY_OK, "CONV_3D baseline accepted: %s", err.msg);
     n->op_params[9] = 3;
-    rejected(n, "CONV_3D C does not divide");
+    test_rejected(n, "CONV_3D C does not divide");
     n->op_params[9] = 0;
-    rejected(n, "CONV_3D C = 0");
+    test_rejected(n, "CONV_3D C = 0");
     n->op_params[9] = 2, n->op_params[8] = 0;
-    rejected(n, "CONV_3D dilation 0");
+    test_rejected(n, "CONV_3D dilation 0");
 
     /* CONV_2D_DW, CONV_TRANSPOSE */
     n = new_node(FERRY_OP_CONV_2D_DW, FERRY_TYPE_F32, 10, 10, 4, 1, new_tensor(FERRY_TYPE_F32, 3, 3, 1, 3), img);
     set_params(n, ok2, 6);
-    rejected(n, "CONV_2D_DW kernel channels");
+    test_rejected(n, "CONV_2D_DW kernel channels");
     n = new_node(FERRY_OP_CONV_TRANSPOSE_1D, FERRY_TYPE_F32, 12, 3, 1, 1, new_tensor(FERRY_TYPE_F32, 3, 3, 2, 1),
                  new_tensor(FERRY_TYPE_F32, 10, 2, 1, 1));
     n->op_params[0] = 1, n->op_params[2] = 1;
     CHECK(ferry_engine_check_node(n, &err) == FERRY_OK, "CONV_TRANSPOSE_1D baseline accepted: %s", err.msg);
     n->op_params[1] = 1;
-    rejected(n, "CONV_TRANSPOSE_1D padding 1");
+    test_rejected(n, "CONV_TRANSPOSE_1D padding 1");
     n->op_params[1] = 0, n->op_params[0] = 0;
-    rejected(n, "CONV_TRANSPOSE_1D stride 0");
+    test_rejected(n, "CONV_TRANSPOSE_1D stride 0");
     n->op_params[0] = INT_MAX;
-    rejected(n, "CONV_TRANSPOSE_1D huge stride");
+    test_rejected(n, "CONV_TRANSPOSE_1D huge stride");
     n = new_node(FERRY_OP_CONV_TRANSPOSE_2D, FERRY_TYPE_F32, 12, 12, 3, 1, new_tensor(FERRY_TYPE_F16, 3, 3, 3, 2),
                  new_tensor(FERRY_TYPE_F32, 10, 10, 3, 1));
     n->op_params[0] = 1;
-    rejected(n, "CONV_TRANSPOSE_2D channel mismatch");
+    test_rejected(n, "CONV_TRANSPOSE_2D channel mismatch");
 
     /* IM2COL_3D, IM2COL_BACK, COL2IM_1D */
     n = new_node(FERRY_OP_IM2COL_3D, FERRY_TYPE_F32, 24, 4, 4, 4, new_tensor(FERRY_TYPE_F16, 2, 2, 2, 3),
@@ -994,30 +959,30 @@ static void test_hostile(void) {
     set_params(n, p3, 10);
     CHECK(ferry_engine_check_node(n, &err) == FERRY_OK, "IM2COL_3D baseline accepted: %s", err.msg);
     n->op_params[9] = 0;
-    rejected(n, "IM2COL_3D IC = 0");
+    test_rejected(n, "IM2COL_3D IC = 0");
     n->op_params[9] = -3;
-    rejected(n, "IM2COL_3D IC < 0");
+    test_rejected(n, "IM2COL_3D IC < 0");
     n->op_params[9] = 3, n->op_params[2] = 0;
-    rejected(n, "IM2COL_3D stride 0");
+    test_rejected(n, "IM2COL_3D stride 0");
     n = new_node(FERRY_OP_IM2COL_BACK, FERRY_TYPE_F32, 10, 10, 2, 1, new_tensor(FERRY_TYPE_F32, 18, 9, 8, 1),
                  new_tensor(FERRY_TYPE_F16, 3, 3, 2, 1));
     const int32_t pb[7] = { 1, 1, 0, 0, 1, 1, 1 };
     set_params(n, pb, 7);
-    rejected(n, "IM2COL_BACK gradient of the wrong length");
+    test_rejected(n, "IM2COL_BACK gradient of the wrong length");
     n = new_node(FERRY_OP_COL2IM_1D, FERRY_TYPE_F32, 10, 3, 1, 1, new_tensor(FERRY_TYPE_F32, 12, 4, 1, 1), NULL);
     const int32_t pc[3] = { 2, 3, 0 };
     set_params(n, pc, 3);
     CHECK(ferry_engine_check_node(n, &err) == FERRY_OK, "COL2IM_1D baseline accepted: %s", err.msg);
     n->op_params[1] = 5;
-    rejected(n, "COL2IM_1D OC does not divide");
+    test_rejected(n, "COL2IM_1D OC does not divide");
     n->op_params[1] = 0;
-    rejected(n, "COL2IM_1D OC = 0");
+    test_rejected(n, "COL2IM_1D OC = 0");
     n->op_params[1] = 3, n->op_params[2] = -1;
-    rejected(n, "COL2IM_1D negative padding");
+    test_rejected(n, "COL2IM_1D negative padding");
     n->op_params[2] = 5;
-    rejected(n, "COL2IM_1D padding eats the signal");
+    test_rejected(n, "COL2IM_1D padding eats the signal");
     n->op_params[2] = 0, n->type = FERRY_TYPE_F16;
-    rejected(n, "COL2IM_1D type change");
+    test_rejected(n, "COL2IM_1D type change");
 
     /* pooling */
     struct ferry_tensor *pin = new_tensor(FERRY_TYPE_F32, 10, 10, 3, 1);
@@ -1026,59 +991,59 @@ static void test_hostile(void) {
     set_params(n, pk, 7);
     CHECK(ferry_engine_check_node(n, &err) == FERRY_OK, "POOL_2D baseline accepted: %s", err.msg);
     n->op_params[0] = 2;
-    rejected(n, "POOL_2D COUNT");
+    test_rejected(n, "POOL_2D COUNT");
     n->op_params[0] = 1, n->op_params[3] = 0;
-    rejected(n, "POOL_2D stride 0");
+    test_rejected(n, "POOL_2D stride 0");
     n->op_params[3] = 1, n->op_params[1] = 0;
-    rejected(n, "POOL_2D kernel 0");
+    test_rejected(n, "POOL_2D kernel 0");
     n->op_params[1] = 3, n->op_params[5] = INT_MAX;
-    rejected(n, "POOL_2D huge padding");
+    test_rejected(n, "POOL_2D huge padding");
     n = new_node(FERRY_OP_POOL_1D, FERRY_TYPE_F32, 4, 10, 3, 1, pin, NULL);
     const int32_t p1[4] = { 1, 3, 3, 0 };
     set_params(n, p1, 4);
-    rejected(n, "POOL_1D wrong length");
+    test_rejected(n, "POOL_1D wrong length");
     n = new_node(FERRY_OP_POOL_2D_BACK, FERRY_TYPE_F32, 10, 10, 3, 1, new_tensor(FERRY_TYPE_F32, 9, 10, 3, 1), pin);
     set_params(n, pk, 7);
-    rejected(n, "POOL_2D_BACK gradient shape");
+    test_rejected(n, "POOL_2D_BACK gradient shape");
 
     /* spatial ops */
     n = new_node(FERRY_OP_UPSCALE, FERRY_TYPE_F32, 20, 20, 3, 1, pin, NULL);
     n->op_params[0] = 3;
-    rejected(n, "UPSCALE mode 3");
+    test_rejected(n, "UPSCALE mode 3");
     n = new_node(FERRY_OP_UPSCALE, FERRY_TYPE_F32, 20, 20, 3, 1, new_tensor(FERRY_TYPE_F32, 0, 10, 3, 1), NULL);
-    rejected(n, "UPSCALE of an empty row");
+    test_rejected(n, "UPSCALE of an empty row");
     n = new_node(FERRY_OP_UPSCALE, FERRY_TYPE_F16, 20, 20, 3, 1, new_tensor(FERRY_TYPE_F16, 10, 10, 3, 1), NULL);
-    rejected(n, "UPSCALE f16");
+    test_rejected(n, "UPSCALE f16");
     n = new_node(FERRY_OP_PAD_REFLECT_1D, FERRY_TYPE_F32, 30, 10, 3, 1, pin, NULL);
     n->op_params[0] = 10, n->op_params[1] = 10;
-    rejected(n, "PAD_REFLECT_1D padding = ne0");
+    test_rejected(n, "PAD_REFLECT_1D padding = ne0");
     n->op_params[0] = -1, n->op_params[1] = 21;
-    rejected(n, "PAD_REFLECT_1D negative padding");
+    test_rejected(n, "PAD_REFLECT_1D negative padding");
     n = new_node(FERRY_OP_ROLL, FERRY_TYPE_F32, 10, 10, 3, 1, pin, NULL);
     n->op_params[2] = 3;
-    rejected(n, "ROLL shift = ne");
+    test_rejected(n, "ROLL shift = ne");
     n->op_params[2] = INT_MIN;
-    rejected(n, "ROLL shift INT_MIN");
+    test_rejected(n, "ROLL shift INT_MIN");
     n = new_node(FERRY_OP_WIN_PART, FERRY_TYPE_F32, 10, 4, 4, 6, pin, NULL);
     const int32_t wp[3] = { 3, 3, 4 };
     set_params(n, wp, 3);
-    rejected(n, "WIN_PART window count");
+    test_rejected(n, "WIN_PART window count");
     n->op_params[0] = 0;
-    rejected(n, "WIN_PART npx 0");
+    test_rejected(n, "WIN_PART npx 0");
     n = new_node(FERRY_OP_WIN_UNPART, FERRY_TYPE_F32, 10, 9, 9, 1, new_tensor(FERRY_TYPE_F32, 10, 4, 4, 8), NULL);
     n->op_params[0] = 4;
-    rejected(n, "WIN_UNPART too few windows");
+    test_rejected(n, "WIN_UNPART too few windows");
     n->op_params[0] = 0;
-    rejected(n, "WIN_UNPART window 0");
+    test_rejected(n, "WIN_UNPART window 0");
     n = new_node(FERRY_OP_GET_REL_POS, FERRY_TYPE_F16, 6, 5, 5, 1, new_tensor(FERRY_TYPE_F16, 6, 8, 1, 1), NULL);
-    rejected(n, "GET_REL_POS too few rows");
+    test_rejected(n, "GET_REL_POS too few rows");
     n = new_node(FERRY_OP_GET_REL_POS, FERRY_TYPE_F32, 6, 5, 5, 1, new_tensor(FERRY_TYPE_F16, 6, 9, 1, 1), NULL);
-    rejected(n, "GET_REL_POS f32 output");
+    test_rejected(n, "GET_REL_POS f32 output");
     n = new_node(FERRY_OP_ADD_REL_POS, FERRY_TYPE_F32, 16, 12, 2, 1, new_tensor(FERRY_TYPE_F32, 16, 12, 2, 1),
                  new_tensor(FERRY_TYPE_F32, 4, 4, 3, 2));
     n->src[2] = new_tensor(FERRY_TYPE_F32, 4, 4, 3, 3);
-    rejected(n, "ADD_REL_POS pw and ph differ");
-    free_all();
+    test_rejected(n, "ADD_REL_POS pw and ph differ");
+    test_free_kept();
 }
 
 /* ---- random nodes: whatever check() accepts must run in bounds ---- */
@@ -1215,7 +1180,7 @@ static void random_node(void) {
     const enum ferry_type ot = op == FERRY_OP_GET_REL_POS ? FERRY_TYPE_F16
                                : op == FERRY_OP_COL2IM_1D || op == FERRY_OP_POOL_2D_BACK ? kt
                                                                                          : FERRY_TYPE_F32;
-    if (rnd(0, 3) == 0 && a && !ferry_is_empty(a)) a = permute(a, 1, 0, 2, 3); /* strided source */
+    if (rnd(0, 3) == 0 && a && !ferry_is_empty(a)) a = test_permute(a, 1, 0, 2, 3); /* strided source */
     if (rnd(0, 4) == 0) p[rnd(0, 11)] = (int32_t[]){ 0, -1, INT_MAX, INT_MIN, 7 }[rnd(0, 4)];
     if (rnd(0, 9) == 0) o[rnd(0, 3)] += rnd(0, 1) ? 1 : -1;
     for (int i = 0; i < 4; i++)
@@ -1235,7 +1200,7 @@ static void random_node(void) {
 static void test_random_nodes(void) {
     for (int i = 0; i < 20000; i++) {
         random_node();
-        free_all();
+        test_free_kept();
     }
     printf("random nodes: %d of 20000 accepted and run\n", random_ran);
     CHECK(random_ran > 5000, "only %d random nodes were accepted", random_ran);

@@ -21,26 +21,8 @@ static const int engine_threads[3] = { 1, 2, 4 };
 
 /* ---- tensors ---- */
 
-/* Every tensor a test makes, freed at the end of the test. */
-static struct ferry_tensor *owned[512];
-static int n_owned;
-
-static struct ferry_tensor *keep(struct ferry_tensor *t) {
-    if (CHECK(n_owned < (int)(sizeof owned / sizeof owned[0]), "too many tensors in one test"))
-        owned[n_owned++] = t;
-    return t;
-}
-
-static void free_all(void) {
-    for (int i = 0; i < n_owned; i++) {
-        if (owned[i]->view_src) free(owned[i]); /* a view: the base owns the data */
-        else test_tensor_free(owned[i]);
-    }
-    n_owned = 0;
-}
-
 static struct ferry_tensor *new_tensor(enum ferry_type type, int64_t ne0, int64_t ne1, int64_t ne2, int64_t ne3) {
-    return keep(test_tensor_new(type, ne0, ne1, ne2, ne3));
+    return test_keep(test_tensor_new(type, ne0, ne1, ne2, ne3));
 }
 
 static struct ferry_tensor *rand_tensor(enum ferry_type type, int64_t ne0, int64_t ne1, int64_t ne2,
@@ -51,18 +33,6 @@ static struct ferry_tensor *rand_tensor(enum ferry_type type, int64_t ne0, int64
 }
 
 /* ggml_permute(base, a0..a3): ne'[a_k] = ne[k], nb'[a_k] = nb[k]. */
-static struct ferry_tensor *permute(struct ferry_tensor *base, int a0, int a1, int a2, int a3) {
-    struct ferry_tensor *v = calloc(1, sizeof *v);
-    *v = *base;
-    const int ax[4] = { a0, a1, a2, a3 };
-    for (int k = 0; k < 4; k++) {
-        v->ne[ax[k]] = base->ne[k];
-        v->nb[ax[k]] = base->nb[k];
-    }
-    v->op = FERRY_OP_PERMUTE;
-    v->view_src = base;
-    return keep(v);
-}
 
 /* A view of base with its own ne and nb, starting offs bytes in. */
 static struct ferry_tensor *view(struct ferry_tensor *base, int64_t ne0, int64_t ne1, int64_t ne2,
@@ -77,7 +47,7 @@ static struct ferry_tensor *view(struct ferry_tensor *base, int64_t ne0, int64_t
     v->data = (char *)base->data + offs;
     v->op = FERRY_OP_VIEW;
     v->view_src = base;
-    return keep(v);
+    return test_keep(v);
 }
 
 /* How new_node lays out outputs. Kernels must write through the node's
@@ -162,12 +132,6 @@ static void run_levels(struct ferry_tensor *node, const char *what) {
     ferry_simd_set_level(best);
     free(ref);
     run_threads(node, what);
-}
-
-static bool rejected(struct ferry_tensor *node, const char *what) {
-    struct ferry_error err = { 0 };
-    int rc = ferry_engine_check_node(node, &err);
-    return CHECK(rc == FERRY_ERR_INVALID || rc == FERRY_ERR_UNSUPPORTED, "%s: not rejected (rc %d)", what, rc);
 }
 
 static bool accepted(struct ferry_tensor *node, const char *what) {
@@ -268,8 +232,8 @@ static void check_reductions(struct ferry_tensor *a, const char *what) {
 static void test_reductions_cases(void) {
     struct ferry_tensor *a = rand_tensor(FERRY_TYPE_F32, 37, 5, 3, 2, -1, 1);
     check_reductions(a, "contiguous");
-    check_reductions(permute(a, 0, 2, 1, 3), "permuted(0,2,1,3)");
-    check_reductions(permute(a, 1, 0, 2, 3), "transposed (nb0 != 4)");
+    check_reductions(test_permute(a, 0, 2, 1, 3), "permuted(0,2,1,3)");
+    check_reductions(test_permute(a, 1, 0, 2, 3), "transposed (nb0 != 4)");
     check_reductions(view(a, 20, 3, 3, 2, a->nb[1], a->nb[2], a->nb[3], 8), "row-strided view");
 
     /* CUMSUM is sequential f32: the result must be exactly that */
@@ -285,7 +249,7 @@ static void test_reductions_cases(void) {
         free(x);
         free(ref);
     }
-    free_all();
+    test_free_kept();
 }
 
 static void test_reductions(void) {
@@ -305,7 +269,7 @@ static void test_argmax_cases(void) {
     float *x = a->data;
     for (int i = 0; i < 41 * 9; i++) x[i] = (float)(test_rand_u64(&rng) % 5) - 2.0f;
     for (int i = 0; i < 41; i++) x[8 * 41 + i] = -3.0f; /* a row of equal values */
-    struct ferry_tensor *t = permute(a, 1, 0, 2, 3); /* [9, 41], strided rows */
+    struct ferry_tensor *t = test_permute(a, 1, 0, 2, 3); /* [9, 41], strided rows */
     struct ferry_tensor *views[2] = { a, t };
     for (int v = 0; v < 2; v++) {
         struct ferry_tensor *s = views[v];
@@ -322,7 +286,7 @@ static void test_argmax_cases(void) {
         free(in);
         free(out);
     }
-    free_all();
+    test_free_kept();
 }
 
 static void test_argmax(void) {
@@ -396,8 +360,8 @@ static void test_sorting_cases(void) {
     struct ferry_tensor *a = rand_tensor(FERRY_TYPE_F32, 53, 6, 2, 1, -1, 1);
     check_argsort(a, 0, "ARGSORT asc");
     check_argsort(a, 1, "ARGSORT desc");
-    check_argsort(permute(a, 0, 2, 1, 3), 1, "ARGSORT desc permuted");
-    check_argsort(permute(a, 1, 0, 2, 3), 0, "ARGSORT asc transposed");
+    check_argsort(test_permute(a, 0, 2, 1, 3), 1, "ARGSORT desc permuted");
+    check_argsort(test_permute(a, 1, 0, 2, 3), 0, "ARGSORT asc transposed");
     struct ferry_tensor *ties = new_tensor(FERRY_TYPE_F32, 200, 3, 1, 1);
     for (int i = 0; i < 600; i++) ((float *)ties->data)[i] = (float)(test_rand_u64(&rng) % 7);
     check_argsort(ties, 0, "ARGSORT asc with ties");
@@ -405,12 +369,12 @@ static void test_sorting_cases(void) {
     check_top_k(a, 5, "TOP_K 5");
     check_top_k(a, 1, "TOP_K 1");
     check_top_k(a, 53, "TOP_K k = n");
-    check_top_k(permute(a, 1, 0, 2, 3), 3, "TOP_K transposed");
+    check_top_k(test_permute(a, 1, 0, 2, 3), 3, "TOP_K transposed");
     check_top_k(ties, 20, "TOP_K with ties (lower index first)");
     struct ferry_tensor *big = rand_tensor(FERRY_TYPE_F32, 5000, 4, 1, 1, -10, 10);
     check_top_k(big, 40, "TOP_K 40 of 5000");
     check_argsort(big, 1, "ARGSORT 5000");
-    free_all();
+    test_free_kept();
 }
 
 static void test_sorting(void) {
@@ -466,8 +430,8 @@ static void test_norms_cases(void) {
     struct ferry_tensor *small = rand_tensor(FERRY_TYPE_F32, 7, 40, 1, 1, -1, 1);
     for (int k = 0; k < 3; k++) {
         check_norm(ops[k], a, 1e-5f, "contiguous");
-        check_norm(ops[k], permute(a, 0, 2, 1, 3), 1e-5f, "permuted rows");
-        check_norm(ops[k], permute(small, 1, 0, 2, 3), 1e-6f, "transposed (nb0 != 4)");
+        check_norm(ops[k], test_permute(a, 0, 2, 1, 3), 1e-5f, "permuted rows");
+        check_norm(ops[k], test_permute(small, 1, 0, 2, 3), 1e-6f, "transposed (nb0 != 4)");
         check_norm(ops[k], view(a, 33, 5, 3, 1, a->nb[1], a->nb[2], a->nb[3], 12), 0.5f, "row view, large eps");
     }
     /* L2 of an all-zero row is 0 (1/eps * 0); eps dominates tiny rows */
@@ -475,7 +439,7 @@ static void test_norms_cases(void) {
     ((float *)z->data)[16 + 3] = 1e-3f;
     check_norm(FERRY_OP_L2_NORM, z, 0.5f, "zero row");
 
-    free_all();
+    test_free_kept();
 }
 
 static void test_norms(void) {
@@ -501,7 +465,7 @@ static void test_norms(void) {
     run(inplace, 2);
     CHECK(memcmp(out->data, b->data, 64 * 4 * sizeof(float)) == 0, "RMS_NORM in place differs");
     inplace->data = own;
-    free_all();
+    test_free_kept();
 }
 
 /* ---- SOFT_MAX ---- */
@@ -595,7 +559,7 @@ static void test_soft_max_cases(void) {
         check_soft_max(&cases[i], name);
     }
 
-    free_all();
+    test_free_kept();
 }
 
 static void test_soft_max(void) {
@@ -632,7 +596,7 @@ static void test_soft_max(void) {
     run(inplace, 1);
     CHECK(memcmp(out->data, b->data, 150 * sizeof(float)) == 0, "SOFT_MAX in place differs");
     inplace->data = own;
-    free_all();
+    test_free_kept();
 }
 
 /* The exp behind SOFT_MAX: within 2 ulp of exp() over the range that
@@ -825,10 +789,10 @@ static void test_rope_cases(void) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         snprintf(name, sizeof name, "ROPE case %zu (mode %d)", i, cases[i].mode);
         check_rope(&cases[i], name);
-        free_all();
+        test_free_kept();
     }
 
-    free_all();
+    test_free_kept();
 }
 
 static void test_rope(void) {
@@ -850,13 +814,13 @@ static void test_rope(void) {
     ferry_param_set_f32(out, 6, 1);
     ferry_param_set_f32(out, 8, 1);
     run(out, 2);
-    struct ferry_tensor *inplace = keep(calloc(1, sizeof *inplace));
+    struct ferry_tensor *inplace = test_keep(calloc(1, sizeof *inplace));
     *inplace = *out;
     inplace->data = x->data;
     inplace->view_src = x;
     run(inplace, 2);
     CHECK(memcmp(out->data, x->data, 64 * 12 * sizeof(float)) == 0, "ROPE in place differs");
-    free_all();
+    test_free_kept();
 }
 
 /* ---- CONCAT, REPEAT, PAD, FILL, ARANGE, TRI, DIAG_MASK_INF ---- */
@@ -893,8 +857,8 @@ static void check_concat(struct ferry_tensor *a, struct ferry_tensor *b, int dim
 static void test_concat_cases(void) {
     struct ferry_tensor *a = rand_tensor(FERRY_TYPE_F32, 4, 5, 3, 2, -1, 1);
     check_concat(a, rand_tensor(FERRY_TYPE_F32, 6, 5, 3, 2, -1, 1), 0, "CONCAT dim 0");
-    check_concat(a, permute(rand_tensor(FERRY_TYPE_F32, 4, 3, 2, 2, -1, 1), 0, 2, 1, 3), 1, "CONCAT dim 1 permuted");
-    check_concat(permute(rand_tensor(FERRY_TYPE_F32, 5, 4, 3, 2, -1, 1), 1, 0, 2, 3),
+    check_concat(a, test_permute(rand_tensor(FERRY_TYPE_F32, 4, 3, 2, 2, -1, 1), 0, 2, 1, 3), 1, "CONCAT dim 1 permuted");
+    check_concat(test_permute(rand_tensor(FERRY_TYPE_F32, 5, 4, 3, 2, -1, 1), 1, 0, 2, 3),
                  rand_tensor(FERRY_TYPE_F32, 4, 5, 1, 2, -1, 1), 2, "CONCAT dim 2 transposed");
     check_concat(a, rand_tensor(FERRY_TYPE_F32, 4, 5, 3, 1, -1, 1), 3, "CONCAT dim 3");
     check_concat(rand_tensor(FERRY_TYPE_F16, 8, 2, 3, 1, -1, 1), rand_tensor(FERRY_TYPE_F16, 8, 5, 3, 1, -1, 1), 1,
@@ -906,7 +870,7 @@ static void test_concat_cases(void) {
     /* an empty side: the result is the other one */
     check_concat(a, new_tensor(FERRY_TYPE_F32, 4, 0, 3, 2), 1, "CONCAT with empty src1");
     check_concat(new_tensor(FERRY_TYPE_F32, 0, 5, 3, 2), a, 0, "CONCAT with empty src0");
-    free_all();
+    test_free_kept();
 }
 
 static void test_concat(void) {
@@ -937,13 +901,13 @@ static void check_repeat(struct ferry_tensor *a, int64_t n0, int64_t n1, int64_t
 static void test_repeat_cases(void) {
     check_repeat(rand_tensor(FERRY_TYPE_F32, 3, 2, 1, 1, -1, 1), 6, 4, 3, 2, "REPEAT f32");
     check_repeat(rand_tensor(FERRY_TYPE_F16, 4, 1, 2, 1, -1, 1), 8, 3, 2, 2, "REPEAT f16");
-    check_repeat(permute(rand_tensor(FERRY_TYPE_F32, 3, 5, 2, 1, -1, 1), 1, 0, 2, 3), 10, 9, 4, 1,
+    check_repeat(test_permute(rand_tensor(FERRY_TYPE_F32, 3, 5, 2, 1, -1, 1), 1, 0, 2, 3), 10, 9, 4, 1,
                  "REPEAT transposed");
     struct ferry_tensor *i = new_tensor(FERRY_TYPE_I32, 5, 2, 1, 1);
     for (int k = 0; k < 10; k++) set_i32(i, k, k * 1000 - 3);
     check_repeat(i, 5, 4, 3, 1, "REPEAT i32");
     check_repeat(rand_tensor(FERRY_TYPE_F32, 7, 3, 2, 1, -1, 1), 7, 3, 2, 1, "REPEAT identity");
-    free_all();
+    test_free_kept();
 }
 
 static void test_repeat(void) {
@@ -985,12 +949,12 @@ static void test_pad_cases(void) {
     struct ferry_tensor *a = rand_tensor(FERRY_TYPE_F32, 5, 4, 3, 1, -1, 1);
     check_pad(a, (const int32_t[8]){ 0, 2, 0, 1, 0, 0, 0, 1 }, 0, "PAD right");
     check_pad(a, (const int32_t[8]){ 1, 2, 2, 0, 0, 1, 1, 1 }, 0, "PAD left and right");
-    check_pad(permute(a, 1, 0, 2, 3), (const int32_t[8]){ 3, 1, 1, 2, 1, 0, 0, 0 }, 0, "PAD transposed");
+    check_pad(test_permute(a, 1, 0, 2, 3), (const int32_t[8]){ 3, 1, 1, 2, 1, 0, 0, 0 }, 0, "PAD transposed");
     check_pad(a, (const int32_t[8]){ 2, 1, 1, 1, 0, 0, 0, 0 }, 1, "PAD circular");
-    check_pad(permute(a, 0, 2, 1, 3), (const int32_t[8]){ 7, 9, 5, 0, 1, 4, 0, 2 }, 1, "PAD circular, pads > size");
+    check_pad(test_permute(a, 0, 2, 1, 3), (const int32_t[8]){ 7, 9, 5, 0, 1, 4, 0, 2 }, 1, "PAD circular, pads > size");
     check_pad(new_tensor(FERRY_TYPE_F32, 0, 3, 1, 1), (const int32_t[8]){ 2, 2, 0, 0, 0, 0, 0, 0 }, 0,
               "PAD of an empty tensor: zeros");
-    free_all();
+    test_free_kept();
 }
 
 static void test_pad(void) {
@@ -1026,7 +990,7 @@ static void test_generators_cases(void) {
 
     /* TRI and DIAG_MASK_INF, on a transposed input too */
     struct ferry_tensor *sq = rand_tensor(FERRY_TYPE_F32, 6, 6, 2, 2, -1, 1);
-    struct ferry_tensor *srcs[2] = { sq, permute(sq, 1, 0, 2, 3) };
+    struct ferry_tensor *srcs[2] = { sq, test_permute(sq, 1, 0, 2, 3) };
     for (int v = 0; v < 2; v++) {
         float *x = test_tensor_to_f32(srcs[v]), *r = malloc(144 * sizeof(float));
         for (int type = 0; type < 4; type++) {
@@ -1048,7 +1012,7 @@ static void test_generators_cases(void) {
         free(x);
         free(r);
     }
-    free_all();
+    test_free_kept();
 }
 
 static void test_generators(void) {
@@ -1099,16 +1063,16 @@ static void test_empty(void) {
     CHECK(ferry_engine_compute(engines[2], &topk0, 1, &err) == FERRY_OK, "TOP_K k=0: %s", err.msg);
 
     /* no answer exists: ARGMAX of empty rows, REPEAT or circular PAD of nothing */
-    rejected(new_node(FERRY_OP_ARGMAX, FERRY_TYPE_I32, 3, 1, 1, 1, new_tensor(FERRY_TYPE_F32, 0, 3, 1, 1), NULL, NULL),
+    test_rejected(new_node(FERRY_OP_ARGMAX, FERRY_TYPE_I32, 3, 1, 1, 1, new_tensor(FERRY_TYPE_F32, 0, 3, 1, 1), NULL, NULL),
              "ARGMAX of empty rows");
-    rejected(new_node(FERRY_OP_REPEAT, FERRY_TYPE_F32, 4, 3, 1, 1, new_tensor(FERRY_TYPE_F32, 0, 3, 1, 1), NULL, NULL),
+    test_rejected(new_node(FERRY_OP_REPEAT, FERRY_TYPE_F32, 4, 3, 1, 1, new_tensor(FERRY_TYPE_F32, 0, 3, 1, 1), NULL, NULL),
              "REPEAT of an empty tensor");
     struct ferry_tensor *pad = new_node(FERRY_OP_PAD, FERRY_TYPE_F32, 2, 3, 1, 1, new_tensor(FERRY_TYPE_F32, 0, 3, 1, 1),
                                         NULL, NULL);
     pad->op_params[0] = 2;
     pad->op_params[8] = 1;
-    rejected(pad, "circular PAD of an empty tensor");
-    free_all();
+    test_rejected(pad, "circular PAD of an empty tensor");
+    test_free_kept();
 }
 
 /* ---- hostile nodes ---- */
@@ -1130,64 +1094,64 @@ static void test_hostile_rope(void) {
     struct ferry_tensor *n;
     accepted(rope_node(64, 64, 0), "ROPE baseline");
     accepted(rope_node(64, 32, 24), "ROPE vision baseline");
-    rejected(rope_node(64, 31, 0), "ROPE odd n_dims");
-    rejected(rope_node(64, 66, 2), "ROPE n_dims > head_dim");
-    rejected(rope_node(64, -2, 2), "ROPE negative n_dims");
+    test_rejected(rope_node(64, 31, 0), "ROPE odd n_dims");
+    test_rejected(rope_node(64, 66, 2), "ROPE n_dims > head_dim");
+    test_rejected(rope_node(64, -2, 2), "ROPE negative n_dims");
     const int bad_modes[] = { 1, 3, 4, 16, 32, 9, 100, -8 };
-    for (size_t i = 0; i < sizeof bad_modes / sizeof bad_modes[0]; i++) rejected(rope_node(64, 64, bad_modes[i]), "ROPE invalid mode");
-    rejected(rope_node(64, 64, 24), "ROPE vision with n_dims != head_dim/2");
+    for (size_t i = 0; i < sizeof bad_modes / sizeof bad_modes[0]; i++) test_rejected(rope_node(64, 64, bad_modes[i]), "ROPE invalid mode");
+    test_rejected(rope_node(64, 64, 24), "ROPE vision with n_dims != head_dim/2");
     n = rope_node(64, 32, 2);
     n->op_params[15] = 40;
-    rejected(n, "ROPE n_offs + n_dims > head_dim");
+    test_rejected(n, "ROPE n_offs + n_dims > head_dim");
     n = rope_node(64, 32, 2);
     n->op_params[15] = 3;
-    rejected(n, "ROPE odd n_offs");
+    test_rejected(n, "ROPE odd n_offs");
     n = rope_node(64, 32, 2);
     n->op_params[15] = -2;
-    rejected(n, "ROPE negative n_offs");
+    test_rejected(n, "ROPE negative n_offs");
     n = rope_node(64, 32, 24);
     n->op_params[15] = 2;
-    rejected(n, "ROPE vision with n_offs");
+    test_rejected(n, "ROPE vision with n_offs");
     n = rope_node(64, 32, 2);
     n->src[1]->ne[0] = 2; /* 3 tokens */
-    rejected(n, "ROPE positions too short");
+    test_rejected(n, "ROPE positions too short");
     n = rope_node(64, 32, 8);
     n->src[1]->ne[0] = 11; /* M-RoPE needs 4 per token */
-    rejected(n, "ROPE M-RoPE positions too short");
+    test_rejected(n, "ROPE M-RoPE positions too short");
     n = rope_node(64, 32, 2);
     n->src[1]->type = FERRY_TYPE_F32;
-    rejected(n, "ROPE positions not I32");
+    test_rejected(n, "ROPE positions not I32");
     n = rope_node(64, 32, 2);
     n->src[1]->nb[0] = 8; /* read densely: a strided positions tensor is refused */
-    rejected(n, "ROPE strided positions");
+    test_rejected(n, "ROPE strided positions");
     n = rope_node(64, 32, 8);
     n->op_params[11] = 0; /* all sections zero: no sector to pick, (i0/2) % 0 */
-    rejected(n, "ROPE M-RoPE with no sections");
+    test_rejected(n, "ROPE M-RoPE with no sections");
     n = rope_node(64, 32, 40);
     n->op_params[12] = -5;
-    rejected(n, "ROPE negative section");
+    test_rejected(n, "ROPE negative section");
     n = rope_node(64, 32, 8);
     n->op_params[11] = 60;
     n->op_params[12] = 10;
-    rejected(n, "ROPE sections larger than head_dim");
+    test_rejected(n, "ROPE sections larger than head_dim");
     n = rope_node(64, 64, 0);
     n->src[2] = new_tensor(FERRY_TYPE_F32, 31, 1, 1, 1);
-    rejected(n, "ROPE freq factors too short");
+    test_rejected(n, "ROPE freq factors too short");
     n = rope_node(64, 64, 0);
     n->type = FERRY_TYPE_F16;
-    rejected(n, "ROPE output type differs");
+    test_rejected(n, "ROPE output type differs");
     n = rope_node(64, 64, 0);
     n->src[0]->data = (char *)n->src[0]->data + 2; /* not float-aligned */
-    rejected(n, "ROPE misaligned src0");
+    test_rejected(n, "ROPE misaligned src0");
     n->src[0]->data = (char *)n->src[0]->data - 2;
     n = rope_node(64, 64, 0);
     n->src[0]->nb[0] = 8;
     n->src[0]->nb[1] = 64 * 8;
-    rejected(n, "ROPE src0 with strided elements");
+    test_rejected(n, "ROPE src0 with strided elements");
     n = rope_node(64, 64, 0);
     n->src[1] = NULL;
-    rejected(n, "ROPE without positions");
-    free_all();
+    test_rejected(n, "ROPE without positions");
+    test_free_kept();
 }
 
 static struct ferry_tensor *soft_max_node(struct ferry_tensor *mask, struct ferry_tensor *sinks) {
@@ -1198,83 +1162,83 @@ static struct ferry_tensor *soft_max_node(struct ferry_tensor *mask, struct ferr
 static void test_hostile_other(void) {
     accepted(soft_max_node(new_tensor(FERRY_TYPE_F16, 16, 8, 3, 1), new_tensor(FERRY_TYPE_F32, 6, 1, 1, 1)),
              "SOFT_MAX baseline");
-    rejected(soft_max_node(new_tensor(FERRY_TYPE_F16, 15, 4, 1, 1), NULL), "SOFT_MAX mask ne0 != ne0");
-    rejected(soft_max_node(new_tensor(FERRY_TYPE_F32, 16, 3, 1, 1), NULL), "SOFT_MAX mask with fewer rows");
-    rejected(soft_max_node(new_tensor(FERRY_TYPE_F32, 16, 4, 4, 1), NULL), "SOFT_MAX mask ne2 not dividing");
-    rejected(soft_max_node(new_tensor(FERRY_TYPE_F32, 16, 4, 0, 1), NULL), "SOFT_MAX mask ne2 = 0");
-    rejected(soft_max_node(new_tensor(FERRY_TYPE_F32, 16, 4, 1, 3), NULL), "SOFT_MAX mask ne3 not dividing");
-    rejected(soft_max_node(new_tensor(FERRY_TYPE_I32, 16, 4, 1, 1), NULL), "SOFT_MAX mask type I32");
-    rejected(soft_max_node(NULL, new_tensor(FERRY_TYPE_F32, 5, 1, 1, 1)), "SOFT_MAX too few sinks");
-    rejected(soft_max_node(NULL, new_tensor(FERRY_TYPE_F16, 6, 1, 1, 1)), "SOFT_MAX f16 sinks");
+    test_rejected(soft_max_node(new_tensor(FERRY_TYPE_F16, 15, 4, 1, 1), NULL), "SOFT_MAX mask ne0 != ne0");
+    test_rejected(soft_max_node(new_tensor(FERRY_TYPE_F32, 16, 3, 1, 1), NULL), "SOFT_MAX mask with fewer rows");
+    test_rejected(soft_max_node(new_tensor(FERRY_TYPE_F32, 16, 4, 4, 1), NULL), "SOFT_MAX mask ne2 not dividing");
+    test_rejected(soft_max_node(new_tensor(FERRY_TYPE_F32, 16, 4, 0, 1), NULL), "SOFT_MAX mask ne2 = 0");
+    test_rejected(soft_max_node(new_tensor(FERRY_TYPE_F32, 16, 4, 1, 3), NULL), "SOFT_MAX mask ne3 not dividing");
+    test_rejected(soft_max_node(new_tensor(FERRY_TYPE_I32, 16, 4, 1, 1), NULL), "SOFT_MAX mask type I32");
+    test_rejected(soft_max_node(NULL, new_tensor(FERRY_TYPE_F32, 5, 1, 1, 1)), "SOFT_MAX too few sinks");
+    test_rejected(soft_max_node(NULL, new_tensor(FERRY_TYPE_F16, 6, 1, 1, 1)), "SOFT_MAX f16 sinks");
     struct ferry_tensor *n = soft_max_node(NULL, NULL);
     ferry_param_set_f32(n, 1, 8.0f);
-    rejected(n, "SOFT_MAX ALiBi without a mask");
+    test_rejected(n, "SOFT_MAX ALiBi without a mask");
     n = soft_max_node(NULL, NULL);
     n->src[0]->type = FERRY_TYPE_F16;
-    rejected(n, "SOFT_MAX f16 src0");
+    test_rejected(n, "SOFT_MAX f16 src0");
 
     struct ferry_tensor *a = new_tensor(FERRY_TYPE_F32, 4, 3, 2, 1), *b = new_tensor(FERRY_TYPE_F32, 4, 3, 2, 1);
     const int bad_dims[] = { -1, 4, 1000 };
     for (int i = 0; i < 3; i++) {
         n = new_node(FERRY_OP_CONCAT, FERRY_TYPE_F32, 8, 3, 2, 1, a, b, NULL);
         n->op_params[0] = bad_dims[i];
-        rejected(n, "CONCAT dim out of range");
+        test_rejected(n, "CONCAT dim out of range");
     }
-    rejected(new_node(FERRY_OP_CONCAT, FERRY_TYPE_F32, 8, 3, 2, 1, a, new_tensor(FERRY_TYPE_F32, 4, 2, 2, 1), NULL),
+    test_rejected(new_node(FERRY_OP_CONCAT, FERRY_TYPE_F32, 8, 3, 2, 1, a, new_tensor(FERRY_TYPE_F32, 4, 2, 2, 1), NULL),
              "CONCAT shapes differ outside dim");
-    rejected(new_node(FERRY_OP_CONCAT, FERRY_TYPE_F32, 9, 3, 2, 1, a, b, NULL), "CONCAT output shape");
-    rejected(new_node(FERRY_OP_CONCAT, FERRY_TYPE_F32, 8, 3, 2, 1, a, new_tensor(FERRY_TYPE_F16, 4, 3, 2, 1), NULL),
+    test_rejected(new_node(FERRY_OP_CONCAT, FERRY_TYPE_F32, 9, 3, 2, 1, a, b, NULL), "CONCAT output shape");
+    test_rejected(new_node(FERRY_OP_CONCAT, FERRY_TYPE_F32, 8, 3, 2, 1, a, new_tensor(FERRY_TYPE_F16, 4, 3, 2, 1), NULL),
              "CONCAT type mismatch");
 
     n = new_node(FERRY_OP_PAD, FERRY_TYPE_F32, 4, 3, 2, 1, a, NULL, NULL);
     n->op_params[0] = -1;
     n->op_params[1] = 1;
-    rejected(n, "PAD negative pad");
+    test_rejected(n, "PAD negative pad");
     n = new_node(FERRY_OP_PAD, FERRY_TYPE_F32, 6, 3, 2, 1, a, NULL, NULL);
     n->op_params[1] = 1;
-    rejected(n, "PAD output shape");
+    test_rejected(n, "PAD output shape");
     n = new_node(FERRY_OP_PAD, FERRY_TYPE_F32, 4, 3, 2, 1, a, NULL, NULL);
     n->op_params[8] = 2;
-    rejected(n, "PAD circular flag 2");
+    test_rejected(n, "PAD circular flag 2");
 
-    rejected(new_node(FERRY_OP_TOP_K, FERRY_TYPE_I32, 5, 3, 2, 1, a, NULL, NULL), "TOP_K k > ne0");
-    rejected(new_node(FERRY_OP_TOP_K, FERRY_TYPE_I32, 2, 2, 2, 1, a, NULL, NULL), "TOP_K output shape");
+    test_rejected(new_node(FERRY_OP_TOP_K, FERRY_TYPE_I32, 5, 3, 2, 1, a, NULL, NULL), "TOP_K k > ne0");
+    test_rejected(new_node(FERRY_OP_TOP_K, FERRY_TYPE_I32, 2, 2, 2, 1, a, NULL, NULL), "TOP_K output shape");
     n = new_node(FERRY_OP_ARGSORT, FERRY_TYPE_I32, 4, 3, 2, 1, a, NULL, NULL);
     n->op_params[0] = 2;
-    rejected(n, "ARGSORT order 2");
-    rejected(new_node(FERRY_OP_ARGSORT, FERRY_TYPE_F32, 4, 3, 2, 1, a, NULL, NULL), "ARGSORT f32 output");
-    rejected(new_node(FERRY_OP_ARGMAX, FERRY_TYPE_I32, 3, 1, 1, 1, a, NULL, NULL), "ARGMAX of a 3-D tensor");
+    test_rejected(n, "ARGSORT order 2");
+    test_rejected(new_node(FERRY_OP_ARGSORT, FERRY_TYPE_F32, 4, 3, 2, 1, a, NULL, NULL), "ARGSORT f32 output");
+    test_rejected(new_node(FERRY_OP_ARGMAX, FERRY_TYPE_I32, 3, 1, 1, 1, a, NULL, NULL), "ARGMAX of a 3-D tensor");
 
-    rejected(new_node(FERRY_OP_REPEAT, FERRY_TYPE_F32, 6, 3, 2, 1, a, NULL, NULL), "REPEAT 6 % 4");
-    rejected(new_node(FERRY_OP_REPEAT, FERRY_TYPE_F32, 4, 3, 3, 1, a, NULL, NULL), "REPEAT 3 % 2");
-    rejected(new_node(FERRY_OP_REPEAT, FERRY_TYPE_F16, 4, 3, 2, 1, a, NULL, NULL), "REPEAT type change");
-    rejected(new_node(FERRY_OP_REPEAT, FERRY_TYPE_Q8_0, 64, 1, 1, 1, new_tensor(FERRY_TYPE_Q8_0, 32, 1, 1, 1), NULL, NULL),
+    test_rejected(new_node(FERRY_OP_REPEAT, FERRY_TYPE_F32, 6, 3, 2, 1, a, NULL, NULL), "REPEAT 6 % 4");
+    test_rejected(new_node(FERRY_OP_REPEAT, FERRY_TYPE_F32, 4, 3, 3, 1, a, NULL, NULL), "REPEAT 3 % 2");
+    test_rejected(new_node(FERRY_OP_REPEAT, FERRY_TYPE_F16, 4, 3, 2, 1, a, NULL, NULL), "REPEAT type change");
+    test_rejected(new_node(FERRY_OP_REPEAT, FERRY_TYPE_Q8_0, 64, 1, 1, 1, new_tensor(FERRY_TYPE_Q8_0, 32, 1, 1, 1), NULL, NULL),
              "REPEAT of a quantized type");
 
     n = new_node(FERRY_OP_RMS_NORM, FERRY_TYPE_F32, 4, 3, 2, 1, a, NULL, NULL);
     ferry_param_set_f32(n, 0, -1e-5f);
-    rejected(n, "RMS_NORM negative eps");
+    test_rejected(n, "RMS_NORM negative eps");
     ferry_param_set_f32(n, 0, NAN);
-    rejected(n, "RMS_NORM NaN eps");
-    rejected(new_node(FERRY_OP_NORM, FERRY_TYPE_F32, 4, 3, 1, 1, a, NULL, NULL), "NORM output shape");
-    rejected(new_node(FERRY_OP_L2_NORM, FERRY_TYPE_F16, 4, 3, 2, 1, a, NULL, NULL), "L2_NORM f16 output");
+    test_rejected(n, "RMS_NORM NaN eps");
+    test_rejected(new_node(FERRY_OP_NORM, FERRY_TYPE_F32, 4, 3, 1, 1, a, NULL, NULL), "NORM output shape");
+    test_rejected(new_node(FERRY_OP_L2_NORM, FERRY_TYPE_F16, 4, 3, 2, 1, a, NULL, NULL), "L2_NORM f16 output");
 
     n = new_node(FERRY_OP_TRI, FERRY_TYPE_F32, 4, 3, 2, 1, a, NULL, NULL);
-    rejected(n, "TRI not square");
+    test_rejected(n, "TRI not square");
     struct ferry_tensor *sq = new_tensor(FERRY_TYPE_F32, 3, 3, 1, 1);
     n = new_node(FERRY_OP_TRI, FERRY_TYPE_F32, 3, 3, 1, 1, sq, NULL, NULL);
     n->op_params[0] = 4;
-    rejected(n, "TRI type 4");
+    test_rejected(n, "TRI type 4");
     n = new_node(FERRY_OP_DIAG_MASK_INF, FERRY_TYPE_F32, 3, 3, 1, 1, sq, NULL, NULL);
     n->op_params[0] = -1;
-    rejected(n, "DIAG_MASK_INF negative n_past");
+    test_rejected(n, "DIAG_MASK_INF negative n_past");
 
-    rejected(new_node(FERRY_OP_SUM_ROWS, FERRY_TYPE_F32, 1, 3, 1, 1, a, NULL, NULL), "SUM_ROWS output shape");
-    rejected(new_node(FERRY_OP_SUM, FERRY_TYPE_F32, 2, 1, 1, 1, a, NULL, NULL), "SUM output shape");
-    rejected(new_node(FERRY_OP_CUMSUM, FERRY_TYPE_F32, 4, 3, 2, 1, new_tensor(FERRY_TYPE_F16, 4, 3, 2, 1), NULL, NULL),
+    test_rejected(new_node(FERRY_OP_SUM_ROWS, FERRY_TYPE_F32, 1, 3, 1, 1, a, NULL, NULL), "SUM_ROWS output shape");
+    test_rejected(new_node(FERRY_OP_SUM, FERRY_TYPE_F32, 2, 1, 1, 1, a, NULL, NULL), "SUM output shape");
+    test_rejected(new_node(FERRY_OP_CUMSUM, FERRY_TYPE_F32, 4, 3, 2, 1, new_tensor(FERRY_TYPE_F16, 4, 3, 2, 1), NULL, NULL),
              "CUMSUM f16 src0");
-    rejected(new_node(FERRY_OP_ARANGE, FERRY_TYPE_F32, 4, 2, 1, 1, NULL, NULL, NULL), "ARANGE 2-D");
-    rejected(new_node(FERRY_OP_FILL, FERRY_TYPE_F32, 4, 3, 2, 1, new_tensor(FERRY_TYPE_F16, 4, 3, 2, 1), NULL, NULL),
+    test_rejected(new_node(FERRY_OP_ARANGE, FERRY_TYPE_F32, 4, 2, 1, 1, NULL, NULL, NULL), "ARANGE 2-D");
+    test_rejected(new_node(FERRY_OP_FILL, FERRY_TYPE_F32, 4, 3, 2, 1, new_tensor(FERRY_TYPE_F16, 4, 3, 2, 1), NULL, NULL),
              "FILL type change");
 
     /* a header whose element count overflows int64 (zero strides keep the
@@ -1283,8 +1247,8 @@ static void test_hostile_other(void) {
     huge->ne[1] = huge->ne[2] = (int64_t)1 << 40;
     huge->nb[1] = huge->nb[2] = huge->nb[3] = 0;
     n = new_node(FERRY_OP_SUM, FERRY_TYPE_F32, 1, 1, 1, 1, huge, NULL, NULL);
-    rejected(n, "SUM of 2^80 elements");
-    free_all();
+    test_rejected(n, "SUM of 2^80 elements");
+    test_free_kept();
 }
 
 /* ---- random nodes: whatever check() accepts must run in bounds ---- */
@@ -1313,7 +1277,7 @@ static struct ferry_tensor *random_source(enum ferry_type t, const int64_t *ne) 
         }
         memcpy((char *)x->data + i, &v, 4);
     }
-    return transpose ? permute(x, 1, 0, 2, 3) : x;
+    return transpose ? test_permute(x, 1, 0, 2, 3) : x;
 }
 
 static void random_node(void) {
@@ -1422,7 +1386,7 @@ static void random_node(void) {
 static void test_random_nodes(void) {
     for (int i = 0; i < 10000; i++) {
         random_node();
-        free_all();
+        test_free_kept();
     }
 }
 

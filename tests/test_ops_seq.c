@@ -18,24 +18,8 @@ static const int engine_threads[3] = { 1, 2, 4 };
 
 /* ---- tensors ---- */
 
-static struct ferry_tensor *owned[256];
-static int n_owned;
-
-static struct ferry_tensor *keep(struct ferry_tensor *t) {
-    if (CHECK(n_owned < (int)(sizeof owned / sizeof owned[0]), "too many tensors in one test")) owned[n_owned++] = t;
-    return t;
-}
-
-static void free_all(void) {
-    for (int i = 0; i < n_owned; i++) {
-        if (owned[i]->view_src) free(owned[i]);
-        else test_tensor_free(owned[i]);
-    }
-    n_owned = 0;
-}
-
 static struct ferry_tensor *tensor(enum ferry_type type, int64_t ne0, int64_t ne1, int64_t ne2, int64_t ne3) {
-    return keep(test_tensor_new(type, ne0, ne1, ne2, ne3));
+    return test_keep(test_tensor_new(type, ne0, ne1, ne2, ne3));
 }
 
 static struct ferry_tensor *rand_tensor(enum ferry_type type, int64_t ne0, int64_t ne1, int64_t ne2, int64_t ne3,
@@ -58,22 +42,10 @@ static struct ferry_tensor *view(struct ferry_tensor *base, int64_t ne0, int64_t
     v->data = (char *)base->data + offs;
     v->op = FERRY_OP_VIEW;
     v->view_src = base;
-    return keep(v);
+    return test_keep(v);
 }
 
 /* ggml_permute(base, a0..a3). */
-static struct ferry_tensor *permute(struct ferry_tensor *base, int a0, int a1, int a2, int a3) {
-    struct ferry_tensor *v = calloc(1, sizeof *v);
-    *v = *base;
-    const int ax[4] = { a0, a1, a2, a3 };
-    for (int k = 0; k < 4; k++) {
-        v->ne[ax[k]] = base->ne[k];
-        v->nb[ax[k]] = base->nb[k];
-    }
-    v->op = FERRY_OP_PERMUTE;
-    v->view_src = base;
-    return keep(v);
-}
 
 /* An output node, its memory full of NaN bytes so that a skipped element shows. */
 static struct ferry_tensor *node_of(enum ferry_op op, enum ferry_type type, int64_t ne0, int64_t ne1, int64_t ne2,
@@ -130,12 +102,6 @@ static bool run_threads(struct ferry_tensor *node, const void *pre, const char *
     }
     free(first);
     return ok;
-}
-
-static bool rejected(struct ferry_tensor *node, const char *what) {
-    struct ferry_error err = { 0 };
-    int rc = ferry_engine_check_node(node, &err);
-    return CHECK(rc == FERRY_ERR_INVALID || rc == FERRY_ERR_UNSUPPORTED, "%s: not rejected (rc %d)", what, rc);
 }
 
 /* NMSE of the node's output against ref (logical order) below bound. */
@@ -209,10 +175,10 @@ static void test_sin_cos_log(void) {
     free(x);
     /* hostile */
     struct ferry_tensor *q = rand_tensor(FERRY_TYPE_F32, 8, 2, 1, 1, 1, 2);
-    rejected(node_of(FERRY_OP_SIN, FERRY_TYPE_F16, 8, 2, 1, 1, q, NULL), "SIN F32->F16");
-    rejected(node_of(FERRY_OP_LOG, FERRY_TYPE_F32, 8, 3, 1, 1, q, NULL), "LOG shape");
-    rejected(node_of(FERRY_OP_LOG, FERRY_TYPE_I32, 8, 2, 1, 1, tensor(FERRY_TYPE_I32, 8, 2, 1, 1), NULL), "LOG I32");
-    free_all();
+    test_rejected(node_of(FERRY_OP_SIN, FERRY_TYPE_F16, 8, 2, 1, 1, q, NULL), "SIN F32->F16");
+    test_rejected(node_of(FERRY_OP_LOG, FERRY_TYPE_F32, 8, 3, 1, 1, q, NULL), "LOG shape");
+    test_rejected(node_of(FERRY_OP_LOG, FERRY_TYPE_I32, 8, 2, 1, 1, tensor(FERRY_TYPE_I32, 8, 2, 1, 1), NULL), "LOG I32");
+    test_free_kept();
 }
 
 /* ---- ADD1 ---- */
@@ -255,15 +221,15 @@ static void test_add1(void) {
     check_add1(FERRY_TYPE_Q8_0, FERRY_TYPE_F32);
     check_add1(FERRY_TYPE_Q4_0, FERRY_TYPE_F32);
     struct ferry_tensor *a = rand_tensor(FERRY_TYPE_F32, 8, 2, 1, 1, 0, 1);
-    rejected(node_of(FERRY_OP_ADD1, FERRY_TYPE_F32, 8, 2, 1, 1, a, tensor(FERRY_TYPE_F32, 2, 1, 1, 1)),
+    test_rejected(node_of(FERRY_OP_ADD1, FERRY_TYPE_F32, 8, 2, 1, 1, a, tensor(FERRY_TYPE_F32, 2, 1, 1, 1)),
              "ADD1 non-scalar src1");
-    rejected(node_of(FERRY_OP_ADD1, FERRY_TYPE_F32, 8, 2, 1, 1, a, tensor(FERRY_TYPE_F16, 1, 1, 1, 1)),
+    test_rejected(node_of(FERRY_OP_ADD1, FERRY_TYPE_F32, 8, 2, 1, 1, a, tensor(FERRY_TYPE_F16, 1, 1, 1, 1)),
              "ADD1 F32 + F16");
-    rejected(node_of(FERRY_OP_ADD1, FERRY_TYPE_F16, 8, 2, 1, 1, a, tensor(FERRY_TYPE_F32, 1, 1, 1, 1)),
+    test_rejected(node_of(FERRY_OP_ADD1, FERRY_TYPE_F16, 8, 2, 1, 1, a, tensor(FERRY_TYPE_F32, 1, 1, 1, 1)),
              "ADD1 output type");
-    rejected(node_of(FERRY_OP_ADD1, FERRY_TYPE_F32, 8, 1, 1, 1, a, tensor(FERRY_TYPE_F32, 1, 1, 1, 1)),
+    test_rejected(node_of(FERRY_OP_ADD1, FERRY_TYPE_F32, 8, 1, 1, 1, a, tensor(FERRY_TYPE_F32, 1, 1, 1, 1)),
              "ADD1 output shape");
-    free_all();
+    test_free_kept();
 }
 
 /* ---- ACC, SET ---- */
@@ -334,7 +300,7 @@ static void test_acc_set(void) {
             check_acc_set(op, type, b, 8, r2, r3, 0, false, "ACC/SET overlapping view");
             /* empty src1: a plain copy */
             check_acc_set(op, type, tensor(type, 0, 3, 1, 1), r1, r2, r3, 1 << 30, false, "ACC/SET empty");
-            free_all();
+            test_free_kept();
         }
     }
     /* hostile views and params */
@@ -352,7 +318,7 @@ static void test_acc_set(void) {
             struct ferry_tensor *a = tensor(FERRY_TYPE_F32, 10, 6, 3, 2), *b = tensor(FERRY_TYPE_F32, 4, 3, 2, 2);
             struct ferry_tensor *y = node_of(o ? FERRY_OP_SET : FERRY_OP_ACC, FERRY_TYPE_F32, 10, 6, 3, 2, a, b);
             set_view_params(y, bad[i].nb1, bad[i].nb2, bad[i].nb3, bad[i].offs, bad[i].inplace);
-            rejected(y, bad[i].what);
+            test_rejected(y, bad[i].what);
         }
     /* the last byte of the view at the last byte of the output */
     for (int32_t offs = 1436; offs <= 1439; offs++) {
@@ -364,11 +330,11 @@ static void test_acc_set(void) {
         CHECK(offs == 1436 ? rc == FERRY_OK : rc == FERRY_ERR_INVALID, "SET at byte %d: rc %d", (int)offs, rc);
     }
     struct ferry_tensor *a = tensor(FERRY_TYPE_I32, 10, 6, 1, 1), *b = tensor(FERRY_TYPE_I32, 2, 2, 1, 1);
-    rejected(node_of(FERRY_OP_ACC, FERRY_TYPE_I32, 10, 6, 1, 1, a, b), "ACC I32");
+    test_rejected(node_of(FERRY_OP_ACC, FERRY_TYPE_I32, 10, 6, 1, 1, a, b), "ACC I32");
     struct ferry_tensor *h = tensor(FERRY_TYPE_F16, 2, 2, 1, 1), *f = tensor(FERRY_TYPE_F32, 10, 6, 1, 1);
-    rejected(node_of(FERRY_OP_SET, FERRY_TYPE_F32, 10, 6, 1, 1, f, h), "SET F16 src1");
-    rejected(node_of(FERRY_OP_SET, FERRY_TYPE_F32, 10, 6, 1, 1, permute(f, 1, 0, 2, 3), b), "SET permuted src0");
-    free_all();
+    test_rejected(node_of(FERRY_OP_SET, FERRY_TYPE_F32, 10, 6, 1, 1, f, h), "SET F16 src1");
+    test_rejected(node_of(FERRY_OP_SET, FERRY_TYPE_F32, 10, 6, 1, 1, test_permute(f, 1, 0, 2, 3), b), "SET permuted src0");
+    test_free_kept();
 }
 
 /* ---- DIAG, DIAG_MASK_ZERO ---- */
@@ -386,9 +352,9 @@ static void test_diag(void) {
         free(x);
         free(ref);
     }
-    rejected(node_of(FERRY_OP_DIAG, FERRY_TYPE_F32, 7, 7, 3, 2, rand_tensor(FERRY_TYPE_F32, 7, 2, 3, 2, 0, 1), NULL),
+    test_rejected(node_of(FERRY_OP_DIAG, FERRY_TYPE_F32, 7, 7, 3, 2, rand_tensor(FERRY_TYPE_F32, 7, 2, 3, 2, 0, 1), NULL),
              "DIAG ne1 2");
-    rejected(node_of(FERRY_OP_DIAG, FERRY_TYPE_F32, 7, 6, 3, 2, a, NULL), "DIAG output shape");
+    test_rejected(node_of(FERRY_OP_DIAG, FERRY_TYPE_F32, 7, 6, 3, 2, a, NULL), "DIAG output shape");
 
     struct ferry_tensor *b = rand_tensor(FERRY_TYPE_F32, 6, 5, 3, 2, -1, 1);
     for (int32_t n_past = 0; n_past < 8; n_past += 3) {
@@ -407,8 +373,8 @@ static void test_diag(void) {
     }
     struct ferry_tensor *z = node_of(FERRY_OP_DIAG_MASK_ZERO, FERRY_TYPE_F32, 6, 5, 3, 2, b, NULL);
     z->op_params[0] = -1;
-    rejected(z, "DIAG_MASK_ZERO n_past -1");
-    free_all();
+    test_rejected(z, "DIAG_MASK_ZERO n_past -1");
+    test_free_kept();
 }
 
 /* ---- GROUP_NORM ---- */
@@ -443,15 +409,15 @@ static void test_group_norm(void) {
     check_group_norm(rand_tensor(FERRY_TYPE_F32, 5, 4, 10, 2, -2, 3), 3, 1e-6f, "GROUP_NORM 3 groups");
     check_group_norm(rand_tensor(FERRY_TYPE_F32, 5, 4, 10, 1, -2, 3), 7, 1e-5f, "GROUP_NORM empty groups");
     check_group_norm(rand_tensor(FERRY_TYPE_F32, 9, 9, 32, 1, -1, 1), 32, 1e-6f, "GROUP_NORM one channel each");
-    check_group_norm(permute(rand_tensor(FERRY_TYPE_F32, 6, 4, 8, 1, -1, 1), 1, 0, 2, 3), 2, 1e-6f,
+    check_group_norm(test_permute(rand_tensor(FERRY_TYPE_F32, 6, 4, 8, 1, -1, 1), 1, 0, 2, 3), 2, 1e-6f,
                      "GROUP_NORM permuted");
     struct ferry_tensor *a = rand_tensor(FERRY_TYPE_F32, 5, 4, 10, 1, 0, 1);
     for (int32_t g = -3; g <= 0; g += 3) {
         struct ferry_tensor *y = node_of(FERRY_OP_GROUP_NORM, FERRY_TYPE_F32, 5, 4, 10, 1, a, NULL);
         y->op_params[0] = g;
-        rejected(y, "GROUP_NORM n_groups <= 0");
+        test_rejected(y, "GROUP_NORM n_groups <= 0");
     }
-    free_all();
+    test_free_kept();
 }
 
 /* ---- TIMESTEP_EMBEDDING ---- */
@@ -478,11 +444,11 @@ static void test_timestep_embedding(void) {
     struct ferry_tensor *t = rand_tensor(FERRY_TYPE_F32, 3, 1, 1, 1, 0, 1);
     struct ferry_tensor *y = node_of(FERRY_OP_TIMESTEP_EMBEDDING, FERRY_TYPE_F32, 8, 3, 1, 1, t, NULL);
     y->op_params[0] = 10;
-    rejected(y, "TIMESTEP_EMBEDDING dim vs ne0");
+    test_rejected(y, "TIMESTEP_EMBEDDING dim vs ne0");
     y = node_of(FERRY_OP_TIMESTEP_EMBEDDING, FERRY_TYPE_F32, 8, 3, 1, 1, t, NULL);
     y->op_params[0] = -8;
-    rejected(y, "TIMESTEP_EMBEDDING negative dim");
-    free_all();
+    test_rejected(y, "TIMESTEP_EMBEDDING negative dim");
+    test_free_kept();
 }
 
 /* ---- SOLVE_TRI ---- */
@@ -512,13 +478,13 @@ static void test_solve_tri(void) {
         free(b);
         free(x);
     }
-    rejected(node_of(FERRY_OP_SOLVE_TRI, FERRY_TYPE_F32, k, n, b2, b3, tensor(FERRY_TYPE_F32, n, n + 1, b2, b3), B),
+    test_rejected(node_of(FERRY_OP_SOLVE_TRI, FERRY_TYPE_F32, k, n, b2, b3, tensor(FERRY_TYPE_F32, n, n + 1, b2, b3), B),
              "SOLVE_TRI not square");
-    rejected(node_of(FERRY_OP_SOLVE_TRI, FERRY_TYPE_F32, k, n, b2, b3, tensor(FERRY_TYPE_F32, n, n, b2, 1), B),
+    test_rejected(node_of(FERRY_OP_SOLVE_TRI, FERRY_TYPE_F32, k, n, b2, b3, tensor(FERRY_TYPE_F32, n, n, b2, 1), B),
              "SOLVE_TRI batch");
-    rejected(node_of(FERRY_OP_SOLVE_TRI, FERRY_TYPE_F32, k, n, b2, b3, tensor(FERRY_TYPE_F16, n, n, b2, b3), B),
+    test_rejected(node_of(FERRY_OP_SOLVE_TRI, FERRY_TYPE_F32, k, n, b2, b3, tensor(FERRY_TYPE_F16, n, n, b2, b3), B),
              "SOLVE_TRI F16");
-    free_all();
+    test_free_kept();
 }
 
 /* ---- SSM_CONV ---- */
@@ -540,12 +506,12 @@ static void test_ssm_conv(void) {
         free(w);
         free(ref);
     }
-    rejected(node_of(FERRY_OP_SSM_CONV, FERRY_TYPE_F32, d_inner, n_t + 1, n_s, 1, sx, c), "SSM_CONV n_t");
-    rejected(node_of(FERRY_OP_SSM_CONV, FERRY_TYPE_F32, d_inner, n_t, n_s, 1, sx, tensor(FERRY_TYPE_F32, 4, 5, 1, 1)),
+    test_rejected(node_of(FERRY_OP_SSM_CONV, FERRY_TYPE_F32, d_inner, n_t + 1, n_s, 1, sx, c), "SSM_CONV n_t");
+    test_rejected(node_of(FERRY_OP_SSM_CONV, FERRY_TYPE_F32, d_inner, n_t, n_s, 1, sx, tensor(FERRY_TYPE_F32, 4, 5, 1, 1)),
              "SSM_CONV d_inner");
-    rejected(node_of(FERRY_OP_SSM_CONV, FERRY_TYPE_F32, d_inner, 0, n_s, 1, tensor(FERRY_TYPE_F32, 2, d_inner, n_s, 1), c),
+    test_rejected(node_of(FERRY_OP_SSM_CONV, FERRY_TYPE_F32, d_inner, 0, n_s, 1, tensor(FERRY_TYPE_F32, 2, d_inner, n_s, 1), c),
              "SSM_CONV short sx");
-    free_all();
+    test_free_kept();
 }
 
 /* ---- SSM_SCAN ---- */
@@ -623,26 +589,26 @@ static void test_ssm_scan(void) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         check_ssm_scan(&cases[i]);
-        free_all();
+        test_free_kept();
     }
     struct ferry_tensor *src[7];
     const struct scan_case base = { 8, 4, 6, 2, 3, 2, 1, false };
     struct ferry_tensor *y = scan_node(&base, src);
     y->op_params[0] = 0;
-    rejected(y, "SSM_SCAN K 0");
+    test_rejected(y, "SSM_SCAN K 0");
     const struct scan_case m1 = { 8, 1, 6, 2, 3, 2, 2, true };
-    rejected(scan_node(&m1, src), "SSM_SCAN K 2 with per-state decay");
+    test_rejected(scan_node(&m1, src), "SSM_SCAN K 2 with per-state decay");
     y = scan_node(&base, src);
     y->ne[0] += 1;
-    rejected(y, "SSM_SCAN output size");
+    test_rejected(y, "SSM_SCAN output size");
     y = scan_node(&base, src);
     y->src[4] = y->src[5] = rand_tensor(FERRY_TYPE_F32, 8, 4, 3, 2, 0, 1);
-    rejected(y, "SSM_SCAN n_head not a multiple of n_group");
+    test_rejected(y, "SSM_SCAN n_head not a multiple of n_group");
     y = scan_node(&base, src);
     set_i32(src[6], 1, 3); /* s has 3 states */
     struct ferry_error err = { 0 };
     CHECK(ferry_engine_compute(engines[2], &y, 1, &err) == FERRY_ERR_INVALID, "SSM_SCAN: state id out of range ran");
-    free_all();
+    test_free_kept();
 }
 
 /* ---- RWKV_WKV6, RWKV_WKV7, GATED_LINEAR_ATTN ---- */
@@ -710,7 +676,7 @@ static void test_wkv(void) {
         check_wkv(ops[o], 4, 3, 6, 2);
         check_wkv(ops[o], 8, 2, 3, 1);
         check_wkv(ops[o], 5, 3, 8, 4);
-        free_all();
+        test_free_kept();
         /* hostile: tokens that do not split into the sequences, a state of
          * the wrong size, a permuted input */
         const int n_tok = ops[o] == FERRY_OP_RWKV_WKV7 ? 6 : ops[o] == FERRY_OP_RWKV_WKV6 ? 5 : 4;
@@ -719,10 +685,10 @@ static void test_wkv(void) {
             struct ferry_tensor *y = node_of(ops[o], FERRY_TYPE_F32, S * H, T + S * Q, 1, 1, NULL, NULL);
             for (int i = 0; i < n_tok; i++) y->src[i] = tensor(FERRY_TYPE_F32, S, H, T, 1);
             y->src[n_tok] = tensor(FERRY_TYPE_F32, S * S * H + (bad == 1), Q, 1, 1);
-            if (bad == 2) y->src[2] = permute(tensor(FERRY_TYPE_F32, S, T, H, 1), 0, 2, 1, 3);
-            rejected(y, "WKV hostile");
+            if (bad == 2) y->src[2] = test_permute(tensor(FERRY_TYPE_F32, S, T, H, 1), 0, 2, 1, 3);
+            test_rejected(y, "WKV hostile");
         }
-        free_all();
+        test_free_kept();
     }
 }
 
@@ -788,7 +754,7 @@ static void test_gated_delta_net(void) {
     check_gdn(4, 4, 2, 5, 1, true, 1);
     check_gdn(8, 2, 2, 4, 2, false, 3);
     check_gdn(4, 2, 2, 2, 1, true, 5); /* more slots than tokens: the rest untouched */
-    free_all();
+    test_free_kept();
     struct ferry_tensor *t[6];
     for (int bad = 0; bad < 4; bad++) {
         t[0] = tensor(FERRY_TYPE_F32, 4, 2, 3, 1);
@@ -800,9 +766,9 @@ static void test_gated_delta_net(void) {
         struct ferry_tensor *y = node_of(FERRY_OP_GATED_DELTA_NET, FERRY_TYPE_F32, 8, 6 + 8, 1, 1, t[0], t[1]);
         for (int i = 2; i < 6; i++) y->src[i] = t[i];
         y->op_params[0] = bad == 0 ? 0 : 1;
-        rejected(y, "GATED_DELTA_NET hostile");
+        test_rejected(y, "GATED_DELTA_NET hostile");
     }
-    free_all();
+    test_free_kept();
 }
 
 /* ---- LIGHTNING_INDEXER ---- */
@@ -838,22 +804,22 @@ static void test_lightning_indexer(void) {
     check_lightning(FERRY_TYPE_F32, 16, 3, 5, 4, 2, 1);
     check_lightning(FERRY_TYPE_F16, 32, 4, 7, 3, 2, 2);
     check_lightning(FERRY_TYPE_Q8_0, 64, 2, 9, 2, 1, 1);
-    free_all();
+    test_free_kept();
     struct ferry_tensor *q = tensor(FERRY_TYPE_F32, 8, 2, 3, 2), *k = tensor(FERRY_TYPE_F16, 8, 1, 5, 2);
     struct ferry_tensor *w = tensor(FERRY_TYPE_F32, 2, 3, 1, 2), *m = tensor(FERRY_TYPE_F16, 5, 3, 1, 2);
     struct ferry_tensor *y = node_of(FERRY_OP_LIGHTNING_INDEXER, FERRY_TYPE_F32, 5, 3, 1, 2, q, k);
     y->src[2] = w;
     y->src[3] = tensor(FERRY_TYPE_F32, 5, 3, 1, 2);
-    rejected(y, "LIGHTNING_INDEXER F32 mask");
+    test_rejected(y, "LIGHTNING_INDEXER F32 mask");
     y = node_of(FERRY_OP_LIGHTNING_INDEXER, FERRY_TYPE_F32, 5, 3, 1, 2, q, tensor(FERRY_TYPE_F16, 8, 1, 6, 2));
     y->src[2] = w;
     y->src[3] = m;
-    rejected(y, "LIGHTNING_INDEXER n_kv");
+    test_rejected(y, "LIGHTNING_INDEXER n_kv");
     y = node_of(FERRY_OP_LIGHTNING_INDEXER, FERRY_TYPE_F32, 5, 3, 1, 2, q, k);
     y->src[2] = w;
     y->src[3] = tensor(FERRY_TYPE_F16, 5, 3, 1, 3);
-    rejected(y, "LIGHTNING_INDEXER mask streams");
-    free_all();
+    test_rejected(y, "LIGHTNING_INDEXER mask streams");
+    test_free_kept();
 }
 
 /* ---- DSV4_HC_COMB, DSV4_HC_PRE, DSV4_HC_POST ---- */
@@ -901,20 +867,20 @@ static void test_dsv4(void) {
     struct ferry_tensor *y = node_of(FERRY_OP_DSV4_HC_COMB, FERRY_TYPE_F32, hc, hc, nt, 1, mixes, scale);
     y->src[2] = base;
     y->op_params[1] = 0;
-    rejected(y, "DSV4_HC_COMB n_iter 0");
+    test_rejected(y, "DSV4_HC_COMB n_iter 0");
     y = node_of(FERRY_OP_DSV4_HC_COMB, FERRY_TYPE_F32, hc, hc, nt, 1, mixes, scale);
     y->src[2] = base;
     y->op_params[1] = INT32_MAX; /* would hold the engine for hours */
-    rejected(y, "DSV4_HC_COMB n_iter INT32_MAX");
+    test_rejected(y, "DSV4_HC_COMB n_iter INT32_MAX");
     y = node_of(FERRY_OP_DSV4_HC_COMB, FERRY_TYPE_F32, hc, hc, nt, 1, rand_tensor(FERRY_TYPE_F32, 23, nt, 1, 1, 0, 1),
                 scale);
     y->src[2] = base;
     y->op_params[1] = 1;
-    rejected(y, "DSV4_HC_COMB mixes 23");
+    test_rejected(y, "DSV4_HC_COMB mixes 23");
 
     /* PRE on a permuted x */
     struct ferry_tensor *xb = rand_tensor(FERRY_TYPE_F32, E, nt, hc, 1, -1, 1);
-    struct ferry_tensor *x = permute(xb, 0, 2, 1, 3), *w = rand_tensor(FERRY_TYPE_F32, hc, nt, 1, 1, -1, 1);
+    struct ferry_tensor *x = test_permute(xb, 0, 2, 1, 3), *w = rand_tensor(FERRY_TYPE_F32, hc, nt, 1, 1, -1, 1);
     y = node_of(FERRY_OP_DSV4_HC_PRE, FERRY_TYPE_F32, E, nt, 1, 1, x, w);
     if (run_threads(y, NULL, "DSV4_HC_PRE")) {
         double *xv = values(x), *wv = values(w), *ref = calloc((size_t)(E * nt), sizeof *ref);
@@ -926,7 +892,7 @@ static void test_dsv4(void) {
         free(wv);
         free(ref);
     }
-    rejected(node_of(FERRY_OP_DSV4_HC_PRE, FERRY_TYPE_F32, E, nt, 1, 1, x, tensor(FERRY_TYPE_F32, hc + 1, nt, 1, 1)),
+    test_rejected(node_of(FERRY_OP_DSV4_HC_PRE, FERRY_TYPE_F32, E, nt, 1, 1, x, tensor(FERRY_TYPE_F32, hc + 1, nt, 1, 1)),
              "DSV4_HC_PRE weights");
 
     struct ferry_tensor *xp = rand_tensor(FERRY_TYPE_F32, E, nt, 1, 1, -1, 1);
@@ -952,8 +918,8 @@ static void test_dsv4(void) {
     y = node_of(FERRY_OP_DSV4_HC_POST, FERRY_TYPE_F32, E, hc, nt, 1, xp, res);
     y->src[2] = post;
     y->src[3] = tensor(FERRY_TYPE_F32, hc, hc - 1, nt, 1);
-    rejected(y, "DSV4_HC_POST comb");
-    free_all();
+    test_rejected(y, "DSV4_HC_POST comb");
+    test_free_kept();
 }
 
 /* ---- random nodes: exactly sized buffers, near-valid shapes and params ----
@@ -986,7 +952,7 @@ static struct ferry_tensor *fz(enum ferry_type type, int64_t ne0, int64_t ne1, i
         int64_t e = t->ne[0]; t->ne[0] = t->ne[1]; t->ne[1] = e;
         size_t b = t->nb[0]; t->nb[0] = t->nb[1]; t->nb[1] = b;
     }
-    return keep(t);
+    return test_keep(t);
 }
 
 static enum ferry_type pick(const enum ferry_type *types, int n) { return types[below(n)]; }
@@ -1136,7 +1102,7 @@ static void random_node(void) {
 static void test_random_nodes(void) {
     for (int i = 0; i < 6000; i++) {
         random_node();
-        free_all();
+        test_free_kept();
     }
 }
 

@@ -19,25 +19,8 @@ static const int engine_threads[3] = { 1, 2, 4 };
 
 /* ---- tensors ---- */
 
-static struct ferry_tensor *owned[256];
-static int n_owned;
-
-static struct ferry_tensor *keep(struct ferry_tensor *t) {
-    if (CHECK(n_owned < (int)(sizeof owned / sizeof owned[0]), "too many tensors in one test"))
-        owned[n_owned++] = t;
-    return t;
-}
-
-static void free_all(void) {
-    for (int i = 0; i < n_owned; i++) {
-        if (owned[i]->view_src) free(owned[i]); /* a view: the base owns the data */
-        else test_tensor_free(owned[i]);
-    }
-    n_owned = 0;
-}
-
 static struct ferry_tensor *new_tensor(enum ferry_type type, int64_t ne0, int64_t ne1, int64_t ne2, int64_t ne3) {
-    return keep(test_tensor_new(type, ne0, ne1, ne2, ne3));
+    return test_keep(test_tensor_new(type, ne0, ne1, ne2, ne3));
 }
 
 static struct ferry_tensor *rand_tensor(enum ferry_type type, int64_t ne0, int64_t ne1, int64_t ne2, int64_t ne3,
@@ -48,18 +31,6 @@ static struct ferry_tensor *rand_tensor(enum ferry_type type, int64_t ne0, int64
 }
 
 /* ggml_permute(base, a0..a3): ne'[a_k] = ne[k], nb'[a_k] = nb[k]. */
-static struct ferry_tensor *permute(struct ferry_tensor *base, int a0, int a1, int a2, int a3) {
-    struct ferry_tensor *v = calloc(1, sizeof *v);
-    *v = *base;
-    const int ax[4] = { a0, a1, a2, a3 };
-    for (int k = 0; k < 4; k++) {
-        v->ne[ax[k]] = base->ne[k];
-        v->nb[ax[k]] = base->nb[k];
-    }
-    v->op = FERRY_OP_PERMUTE;
-    v->view_src = base;
-    return keep(v);
-}
 
 /* A view of base with its own ne and nb1..3, starting offs bytes in. */
 static struct ferry_tensor *view(struct ferry_tensor *base, int64_t ne0, int64_t ne1, int64_t ne2, int64_t ne3,
@@ -74,7 +45,7 @@ static struct ferry_tensor *view(struct ferry_tensor *base, int64_t ne0, int64_t
     v->data = (char *)base->data + offs;
     v->op = FERRY_OP_VIEW;
     v->view_src = base;
-    return keep(v);
+    return test_keep(v);
 }
 
 /* An output node of op, its memory full of NaN bytes so that an element
@@ -129,12 +100,6 @@ static bool run_threads(struct ferry_tensor *node, const char *what) {
     return ok;
 }
 
-static bool rejected(struct ferry_tensor *node, const char *what) {
-    struct ferry_error err = { 0 };
-    int rc = ferry_engine_check_node(node, &err);
-    return CHECK(rc == FERRY_ERR_INVALID || rc == FERRY_ERR_UNSUPPORTED, "%s: not rejected (rc %d)", what, rc);
-}
-
 /* NMSE of the node's output against a double reference in logical order. */
 static double nmse_vs(const double *ref, const struct ferry_tensor *out) {
     int64_t n = ferry_nelements(out);
@@ -181,13 +146,13 @@ static void test_silu_back(void) {
             check_silu_back(t, rand_tensor(t, ne[0], ne[1], ne[2], ne[3], -6, 6),
                             rand_tensor(t, ne[0], ne[1], ne[2], ne[3], -6, 6), f16, "SILU_BACK");
         }
-        free_all();
+        test_free_kept();
     }
     /* a permuted x and gradient */
-    struct ferry_tensor *x = permute(rand_tensor(FERRY_TYPE_F32, 5, 6, 3, 1, -4, 4), 1, 0, 2, 3);
-    struct ferry_tensor *g = permute(rand_tensor(FERRY_TYPE_F32, 5, 6, 3, 1, -4, 4), 1, 0, 2, 3);
+    struct ferry_tensor *x = test_permute(rand_tensor(FERRY_TYPE_F32, 5, 6, 3, 1, -4, 4), 1, 0, 2, 3);
+    struct ferry_tensor *g = test_permute(rand_tensor(FERRY_TYPE_F32, 5, 6, 3, 1, -4, 4), 1, 0, 2, 3);
     check_silu_back(FERRY_TYPE_F32, g, x, true, "SILU_BACK permuted");
-    free_all();
+    test_free_kept();
 }
 
 /* ---- RMS_NORM_BACK ---- */
@@ -224,11 +189,11 @@ static void test_rms_norm_back(void) {
         const int64_t n = ns[k];
         check_rms_norm_back(rand_tensor(FERRY_TYPE_F32, n, 5, 4, 3, -10, 10),
                             rand_tensor(FERRY_TYPE_F32, n, 5, 4, 3, -10, 10), epss[k % 3], k % 2, "RMS_NORM_BACK");
-        free_all();
+        test_free_kept();
     }
-    struct ferry_tensor *x = permute(rand_tensor(FERRY_TYPE_F32, 6, 9, 2, 1, -3, 3), 1, 0, 2, 3);
+    struct ferry_tensor *x = test_permute(rand_tensor(FERRY_TYPE_F32, 6, 9, 2, 1, -3, 3), 1, 0, 2, 3);
     check_rms_norm_back(rand_tensor(FERRY_TYPE_F32, 9, 6, 2, 1, -3, 3), x, 1e-5f, false, "RMS_NORM_BACK permuted");
-    free_all();
+    test_free_kept();
 }
 
 /* ---- REPEAT_BACK ---- */
@@ -263,12 +228,12 @@ static void test_repeat_back(void) {
                                       big->nb[3], 4);
         v->nb[0] = 8;
         check_repeat_back(v, out, false, "REPEAT_BACK strided");
-        free_all();
+        test_free_kept();
     }
     /* an empty source gives zeros */
     const int64_t out[4] = { 3, 2, 1, 1 };
     check_repeat_back(new_tensor(FERRY_TYPE_F32, 3, 0, 1, 1), out, false, "REPEAT_BACK empty");
-    free_all();
+    test_free_kept();
 }
 
 /* ---- GET_ROWS_BACK ---- */
@@ -297,7 +262,7 @@ static void test_get_rows_back(void) {
     check_get_rows_back(FERRY_TYPE_F32, 1, 7000, 4, "GET_ROWS_BACK many rows");
     check_get_rows_back(FERRY_TYPE_F16, 256, 5, 4, "GET_ROWS_BACK f16");
     check_get_rows_back(FERRY_TYPE_F32, 17, 3, 40, "GET_ROWS_BACK repeats");
-    free_all();
+    test_free_kept();
 
     /* an index out of range stops the graph, whatever the thread count */
     for (int bad = 0; bad < 2; bad++)
@@ -308,7 +273,7 @@ static void test_get_rows_back(void) {
             struct ferry_tensor *node = new_node(FERRY_OP_GET_ROWS_BACK, FERRY_TYPE_F32, 4, 5, 1, 1, g, idx, NULL, false);
             struct ferry_error err = { 0 };
             CHECK(run_on(node, k, &err) == FERRY_ERR_INVALID, "GET_ROWS_BACK: bad index %d accepted", bad ? 5 : -1);
-            free_all();
+            test_free_kept();
         }
 }
 
@@ -339,11 +304,11 @@ static void test_soft_max_back(void) {
         check_soft_max_back(rand_tensor(FERRY_TYPE_F32, ne[0], ne[1], ne[2], ne[3], -1, 1),
                             rand_tensor(FERRY_TYPE_F32, ne[0], ne[1], ne[2], ne[3], 0, 1), s % 2 ? 0.1f : 1.0f,
                             "SOFT_MAX_BACK");
-        free_all();
+        test_free_kept();
     }
-    struct ferry_tensor *y = permute(rand_tensor(FERRY_TYPE_F32, 7, 5, 2, 1, 0, 1), 1, 0, 2, 3);
+    struct ferry_tensor *y = test_permute(rand_tensor(FERRY_TYPE_F32, 7, 5, 2, 1, 0, 1), 1, 0, 2, 3);
     check_soft_max_back(rand_tensor(FERRY_TYPE_F32, 5, 7, 2, 1, -1, 1), y, 2.0f, "SOFT_MAX_BACK permuted");
-    free_all();
+    test_free_kept();
 }
 
 /* ---- ROPE_BACK ---- */
@@ -442,7 +407,7 @@ static void test_rope_back_case(const struct rope_case *c, enum ferry_type t) {
             free(ref);
         }
     }
-    free_all();
+    test_free_kept();
 }
 
 static void test_rope_back(void) {
@@ -471,7 +436,7 @@ static void test_rope_back(void) {
     n->flags = FERRY_FLAG_COMPUTE;
     n->src[0] = x;
     n->src[1] = pos;
-    keep(n);
+    test_keep(n);
     rope_set_params(n, &c, 1.0f, 0.0f, 1.0f);
     if (run(n, 2) == FERRY_OK) {
         double *ref = dalloc(ferry_nelements(x));
@@ -480,7 +445,7 @@ static void test_rope_back(void) {
         free(ref);
     }
     free(before);
-    free_all();
+    test_free_kept();
 }
 
 /* ---- OUT_PROD ---- */
@@ -523,17 +488,17 @@ static void test_out_prod(void) {
                     char what[64];
                     snprintf(what, sizeof what, "OUT_PROD %s n=%d k=%d bs=%d", ferry_type_name(ta), n, k, bs);
                     check_out_prod(a, b, 1e-11, what);
-                    free_all();
+                    test_free_kept();
                 }
     /* a transposed src1, and the wide broadcast of an F32 src0 */
     struct ferry_tensor *a = rand_tensor(FERRY_TYPE_F32, 33, 7, 1, 1, -1, 1);
-    struct ferry_tensor *bt = permute(rand_tensor(FERRY_TYPE_F32, 7, 5, 8, 1, -1, 1), 1, 0, 2, 3);
+    struct ferry_tensor *bt = test_permute(rand_tensor(FERRY_TYPE_F32, 7, 5, 8, 1, -1, 1), 1, 0, 2, 3);
     check_out_prod(a, bt, 1e-11, "OUT_PROD transposed src1");
     check_out_prod(rand_tensor(FERRY_TYPE_F32, 256, 16, 2, 1, -1, 1), rand_tensor(FERRY_TYPE_F32, 16, 16, 32, 1, -1, 1),
                    1e-11, "OUT_PROD broadcast 16");
     /* no rows to sum over: zeros */
     check_out_prod(new_tensor(FERRY_TYPE_F32, 8, 0, 1, 1), new_tensor(FERRY_TYPE_F32, 3, 0, 1, 1), 1e-30, "OUT_PROD k=0");
-    free_all();
+    test_free_kept();
 }
 
 /* ---- CROSS_ENTROPY_LOSS, CROSS_ENTROPY_LOSS_BACK ---- */
@@ -582,7 +547,7 @@ static void test_cross_entropy(void) {
                                              ne[3], dl, x, y, false);
         if (run_threads(back, "CROSS_ENTROPY_LOSS_BACK")) expect_close(grad, back, 1e-9, "CROSS_ENTROPY_LOSS_BACK");
         free(grad);
-        free_all();
+        test_free_kept();
     }
 }
 
@@ -607,7 +572,7 @@ static void test_count_equal(void) {
             memcpy(&got, node->data, 8);
             CHECK(got == want, "COUNT_EQUAL: %lld, expected %lld", (long long)got, (long long)want);
         }
-        free_all();
+        test_free_kept();
     }
     /* a permuted pair counts the same elements */
     struct ferry_tensor *a = new_tensor(FERRY_TYPE_I32, 6, 5, 1, 1), *b = new_tensor(FERRY_TYPE_I32, 5, 6, 1, 1);
@@ -619,14 +584,14 @@ static void test_count_equal(void) {
             set_i32(b, j + 5 * i, v);
             want += u == v;
         }
-    struct ferry_tensor *node = new_node(FERRY_OP_COUNT_EQUAL, FERRY_TYPE_I64, 1, 1, 1, 1, a, permute(b, 1, 0, 2, 3),
+    struct ferry_tensor *node = new_node(FERRY_OP_COUNT_EQUAL, FERRY_TYPE_I64, 1, 1, 1, 1, a, test_permute(b, 1, 0, 2, 3),
                                          NULL, false);
     if (run_threads(node, "COUNT_EQUAL permuted")) {
         int64_t got;
         memcpy(&got, node->data, 8);
         CHECK(got == want, "COUNT_EQUAL permuted: %lld, expected %lld", (long long)got, (long long)want);
     }
-    free_all();
+    test_free_kept();
 }
 
 /* ---- OPT_STEP_ADAMW, OPT_STEP_SGD ---- */
@@ -639,7 +604,7 @@ static struct ferry_tensor *opt_node(enum ferry_op op, struct ferry_tensor *w) {
     n->op = op;
     n->flags = FERRY_FLAG_COMPUTE;
     n->src[0] = w;
-    return keep(n);
+    return test_keep(n);
 }
 
 /* Runs an in-place node on each engine from the same starting state
@@ -673,7 +638,7 @@ static bool run_in_place_threads(struct ferry_tensor *node, struct ferry_tensor 
 static void test_adamw(const int64_t *ne, bool permuted_grad) {
     struct ferry_tensor *w = rand_tensor(FERRY_TYPE_F32, ne[0], ne[1], ne[2], ne[3], -1, 1);
     struct ferry_tensor *g;
-    if (permuted_grad) g = permute(rand_tensor(FERRY_TYPE_F32, ne[1], ne[0], ne[2], ne[3], -1, 1), 1, 0, 2, 3);
+    if (permuted_grad) g = test_permute(rand_tensor(FERRY_TYPE_F32, ne[1], ne[0], ne[2], ne[3], -1, 1), 1, 0, 2, 3);
     else g = rand_tensor(FERRY_TYPE_F32, ne[0], ne[1], ne[2], ne[3], -1, 1);
     struct ferry_tensor *m = rand_tensor(FERRY_TYPE_F32, ne[0], ne[1], ne[2], ne[3], -0.1f, 0.1f);
     struct ferry_tensor *v = rand_tensor(FERRY_TYPE_F32, ne[0], ne[1], ne[2], ne[3], 0, 0.1f);
@@ -703,7 +668,7 @@ static void test_adamw(const int64_t *ne, bool permuted_grad) {
         expect_close(rv, v, 1e-12, "OPT_STEP_ADAMW v");
     }
     free(w0), free(g0), free(m0), free(v0), free(rw), free(rm), free(rv);
-    free_all();
+    test_free_kept();
 }
 
 static void test_sgd(const int64_t *ne) {
@@ -722,7 +687,7 @@ static void test_sgd(const int64_t *ne) {
     struct ferry_tensor *state[1] = { w };
     if (run_in_place_threads(node, state, 1, "OPT_STEP_SGD")) expect_close(ref, w, 1e-12, "OPT_STEP_SGD");
     free(w0), free(g0), free(ref);
-    free_all();
+    test_free_kept();
 }
 
 static void test_optimizers(void) {
@@ -743,36 +708,36 @@ static void test_hostile(void) {
     struct ferry_tensor *other = rand_tensor(FERRY_TYPE_F32, 8, 3, 2, 1, -1, 1);
     struct ferry_tensor *n;
 
-    rejected(new_node(FERRY_OP_SILU_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, f32a, f16a, NULL, false), "SILU_BACK mixed types");
+    test_rejected(new_node(FERRY_OP_SILU_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, f32a, f16a, NULL, false), "SILU_BACK mixed types");
     n = new_node(FERRY_OP_SILU_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, f32a, other, NULL, false);
-    rejected(n, "SILU_BACK shape");
-    rejected(new_node(FERRY_OP_SILU_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, f32a, NULL, NULL, false), "SILU_BACK no src1");
-    rejected(new_node(FERRY_OP_RMS_NORM_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, f16a, f32a, NULL, false), "RMS_NORM_BACK f16");
-    rejected(new_node(FERRY_OP_RMS_NORM_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, f32a, other, NULL, false), "RMS_NORM_BACK shape");
-    rejected(new_node(FERRY_OP_REPEAT_BACK, FERRY_TYPE_F32, 3, 4, 2, 1, f32a, NULL, NULL, false), "REPEAT_BACK not a tiling");
-    rejected(new_node(FERRY_OP_REPEAT_BACK, FERRY_TYPE_F32, 16, 4, 2, 1, f32a, NULL, NULL, false), "REPEAT_BACK bigger");
-    rejected(new_node(FERRY_OP_REPEAT_BACK, FERRY_TYPE_F16, 8, 4, 2, 1, f16a, NULL, NULL, false), "REPEAT_BACK f16");
-    rejected(new_node(FERRY_OP_REPEAT_BACK, FERRY_TYPE_F32, 0, 4, 2, 1, f32a, NULL, NULL, false), "REPEAT_BACK empty output");
+    test_rejected(n, "SILU_BACK shape");
+    test_rejected(new_node(FERRY_OP_SILU_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, f32a, NULL, NULL, false), "SILU_BACK no src1");
+    test_rejected(new_node(FERRY_OP_RMS_NORM_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, f16a, f32a, NULL, false), "RMS_NORM_BACK f16");
+    test_rejected(new_node(FERRY_OP_RMS_NORM_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, f32a, other, NULL, false), "RMS_NORM_BACK shape");
+    test_rejected(new_node(FERRY_OP_REPEAT_BACK, FERRY_TYPE_F32, 3, 4, 2, 1, f32a, NULL, NULL, false), "REPEAT_BACK not a tiling");
+    test_rejected(new_node(FERRY_OP_REPEAT_BACK, FERRY_TYPE_F32, 16, 4, 2, 1, f32a, NULL, NULL, false), "REPEAT_BACK bigger");
+    test_rejected(new_node(FERRY_OP_REPEAT_BACK, FERRY_TYPE_F16, 8, 4, 2, 1, f16a, NULL, NULL, false), "REPEAT_BACK f16");
+    test_rejected(new_node(FERRY_OP_REPEAT_BACK, FERRY_TYPE_F32, 0, 4, 2, 1, f32a, NULL, NULL, false), "REPEAT_BACK empty output");
 
     struct ferry_tensor *idx = new_tensor(FERRY_TYPE_I32, 4, 1, 1, 1), *g2 = rand_tensor(FERRY_TYPE_F32, 8, 4, 1, 1, -1, 1);
     struct ferry_tensor *i32g = new_tensor(FERRY_TYPE_I32, 8, 4, 1, 1), *fidx = new_tensor(FERRY_TYPE_F32, 4, 1, 1, 1);
-    rejected(new_node(FERRY_OP_GET_ROWS_BACK, FERRY_TYPE_F32, 8, 4, 1, 1, i32g, idx, NULL, false), "GET_ROWS_BACK i32 grad");
-    rejected(new_node(FERRY_OP_GET_ROWS_BACK, FERRY_TYPE_F32, 8, 4, 1, 1, g2, fidx, NULL, false), "GET_ROWS_BACK f32 indices");
-    rejected(new_node(FERRY_OP_GET_ROWS_BACK, FERRY_TYPE_F32, 8, 4, 1, 1, f32a, idx, NULL, false), "GET_ROWS_BACK 3-D grad");
-    rejected(new_node(FERRY_OP_GET_ROWS_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, g2, idx, NULL, false), "GET_ROWS_BACK 3-D output");
-    rejected(new_node(FERRY_OP_GET_ROWS_BACK, FERRY_TYPE_F32, 9, 4, 1, 1, g2, idx, NULL, false), "GET_ROWS_BACK row length");
-    rejected(new_node(FERRY_OP_GET_ROWS_BACK, FERRY_TYPE_F16, 8, 4, 1, 1, g2, idx, NULL, false), "GET_ROWS_BACK f16 output");
+    test_rejected(new_node(FERRY_OP_GET_ROWS_BACK, FERRY_TYPE_F32, 8, 4, 1, 1, i32g, idx, NULL, false), "GET_ROWS_BACK i32 grad");
+    test_rejected(new_node(FERRY_OP_GET_ROWS_BACK, FERRY_TYPE_F32, 8, 4, 1, 1, g2, fidx, NULL, false), "GET_ROWS_BACK f32 indices");
+    test_rejected(new_node(FERRY_OP_GET_ROWS_BACK, FERRY_TYPE_F32, 8, 4, 1, 1, f32a, idx, NULL, false), "GET_ROWS_BACK 3-D grad");
+    test_rejected(new_node(FERRY_OP_GET_ROWS_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, g2, idx, NULL, false), "GET_ROWS_BACK 3-D output");
+    test_rejected(new_node(FERRY_OP_GET_ROWS_BACK, FERRY_TYPE_F32, 9, 4, 1, 1, g2, idx, NULL, false), "GET_ROWS_BACK row length");
+    test_rejected(new_node(FERRY_OP_GET_ROWS_BACK, FERRY_TYPE_F16, 8, 4, 1, 1, g2, idx, NULL, false), "GET_ROWS_BACK f16 output");
     struct ferry_tensor *idx5 = new_tensor(FERRY_TYPE_I32, 5, 1, 1, 1);
-    rejected(new_node(FERRY_OP_GET_ROWS_BACK, FERRY_TYPE_F32, 8, 4, 1, 1, g2, idx5, NULL, false),
+    test_rejected(new_node(FERRY_OP_GET_ROWS_BACK, FERRY_TYPE_F32, 8, 4, 1, 1, g2, idx5, NULL, false),
              "GET_ROWS_BACK more indices than grad rows");
 
     n = new_node(FERRY_OP_SOFT_MAX_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, f32a, f32b, NULL, false);
     ferry_param_set_f32(n, 1, 1.0f);
-    rejected(n, "SOFT_MAX_BACK max_bias");
+    test_rejected(n, "SOFT_MAX_BACK max_bias");
     ferry_param_set_f32(n, 1, NAN);
-    rejected(n, "SOFT_MAX_BACK NaN max_bias");
-    rejected(new_node(FERRY_OP_SOFT_MAX_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, f32a, other, NULL, false), "SOFT_MAX_BACK shape");
-    rejected(new_node(FERRY_OP_SOFT_MAX_BACK, FERRY_TYPE_F16, 8, 4, 2, 1, f16a, f16a, NULL, false), "SOFT_MAX_BACK f16");
+    test_rejected(n, "SOFT_MAX_BACK NaN max_bias");
+    test_rejected(new_node(FERRY_OP_SOFT_MAX_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, f32a, other, NULL, false), "SOFT_MAX_BACK shape");
+    test_rejected(new_node(FERRY_OP_SOFT_MAX_BACK, FERRY_TYPE_F16, 8, 4, 2, 1, f16a, f16a, NULL, false), "SOFT_MAX_BACK f16");
 
     /* ROPE_BACK: ROPE's rules */
     struct ferry_tensor *pos = new_tensor(FERRY_TYPE_I32, 2, 1, 1, 1);
@@ -783,12 +748,12 @@ static void test_hostile(void) {
         n->op_params[2] = bad[k][1];
         n->op_params[15] = bad[k][2];
         ferry_param_set_f32(n, 5, 10000.0f);
-        rejected(n, "ROPE_BACK params");
+        test_rejected(n, "ROPE_BACK params");
     }
     struct ferry_tensor *pos1 = new_tensor(FERRY_TYPE_I32, 1, 1, 1, 1);
     n = new_node(FERRY_OP_ROPE_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, f32a, pos1, NULL, false);
     n->op_params[1] = 8;
-    rejected(n, "ROPE_BACK too few positions");
+    test_rejected(n, "ROPE_BACK too few positions");
     n = new_node(FERRY_OP_ROPE_BACK, FERRY_TYPE_F16, 8, 4, 2, 1, f32a, pos, NULL, false);
     n->op_params[1] = 8;
     {
@@ -803,36 +768,36 @@ static void test_hostile(void) {
     struct ferry_tensor *aq8k = new_tensor(FERRY_TYPE_Q8_K, 256, 4, 4, 1), *aq81 = new_tensor(FERRY_TYPE_Q8_1, 32, 4, 4, 1);
     struct ferry_tensor *bh = rand_tensor(FERRY_TYPE_F16, 3, 4, 4, 1, -1, 1), *b5 = rand_tensor(FERRY_TYPE_F32, 3, 5, 4, 1, -1, 1);
     struct ferry_tensor *b3 = rand_tensor(FERRY_TYPE_F32, 3, 4, 3, 1, -1, 1), *a0 = new_tensor(FERRY_TYPE_F32, 8, 4, 0, 1);
-    rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 8, 3, 4, 1, ah, b, NULL, false), "OUT_PROD f16 broadcast");
-    rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 8, 3, 4, 1, abf, b, NULL, false), "OUT_PROD bf16");
-    rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 256, 3, 4, 1, aq8k, b, NULL, false), "OUT_PROD q8_K");
-    rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 32, 3, 4, 1, aq81, b, NULL, false), "OUT_PROD q8_1");
-    rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 8, 3, 4, 1, a, bh, NULL, false), "OUT_PROD f16 src1");
-    rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 8, 3, 4, 1, a, b5, NULL, false), "OUT_PROD k mismatch");
-    rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 8, 3, 3, 1, a, b3, NULL, false), "OUT_PROD no broadcast");
-    rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 8, 3, 4, 1, a0, b, NULL, false), "OUT_PROD empty src0 batch");
-    rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 8, 3, 2, 1, a, b, NULL, false), "OUT_PROD output shape");
-    rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F16, 8, 3, 4, 1, a, b, NULL, false), "OUT_PROD f16 output");
-    rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 4, 3, 4, 1, permute(a, 1, 0, 2, 3), b, NULL, false),
+    test_rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 8, 3, 4, 1, ah, b, NULL, false), "OUT_PROD f16 broadcast");
+    test_rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 8, 3, 4, 1, abf, b, NULL, false), "OUT_PROD bf16");
+    test_rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 256, 3, 4, 1, aq8k, b, NULL, false), "OUT_PROD q8_K");
+    test_rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 32, 3, 4, 1, aq81, b, NULL, false), "OUT_PROD q8_1");
+    test_rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 8, 3, 4, 1, a, bh, NULL, false), "OUT_PROD f16 src1");
+    test_rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 8, 3, 4, 1, a, b5, NULL, false), "OUT_PROD k mismatch");
+    test_rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 8, 3, 3, 1, a, b3, NULL, false), "OUT_PROD no broadcast");
+    test_rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 8, 3, 4, 1, a0, b, NULL, false), "OUT_PROD empty src0 batch");
+    test_rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 8, 3, 2, 1, a, b, NULL, false), "OUT_PROD output shape");
+    test_rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F16, 8, 3, 4, 1, a, b, NULL, false), "OUT_PROD f16 output");
+    test_rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 4, 3, 4, 1, test_permute(a, 1, 0, 2, 3), b, NULL, false),
              "OUT_PROD transposed src0");
-    rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 8, 3, 4, 1, a, NULL, NULL, false), "OUT_PROD no src1");
+    test_rejected(new_node(FERRY_OP_OUT_PROD, FERRY_TYPE_F32, 8, 3, 4, 1, a, NULL, NULL, false), "OUT_PROD no src1");
 
     /* losses */
-    rejected(new_node(FERRY_OP_CROSS_ENTROPY_LOSS, FERRY_TYPE_F32, 2, 1, 1, 1, f32a, f32b, NULL, false), "CE output size");
-    rejected(new_node(FERRY_OP_CROSS_ENTROPY_LOSS, FERRY_TYPE_F32, 1, 1, 1, 1, f32a, other, NULL, false), "CE shapes");
-    rejected(new_node(FERRY_OP_CROSS_ENTROPY_LOSS, FERRY_TYPE_F32, 1, 1, 1, 1, f16a, f16a, NULL, false), "CE f16");
-    rejected(new_node(FERRY_OP_CROSS_ENTROPY_LOSS, FERRY_TYPE_F32, 1, 1, 1, 1, permute(f32a, 1, 0, 2, 3),
-                      permute(f32b, 1, 0, 2, 3), NULL, false), "CE strided rows");
+    test_rejected(new_node(FERRY_OP_CROSS_ENTROPY_LOSS, FERRY_TYPE_F32, 2, 1, 1, 1, f32a, f32b, NULL, false), "CE output size");
+    test_rejected(new_node(FERRY_OP_CROSS_ENTROPY_LOSS, FERRY_TYPE_F32, 1, 1, 1, 1, f32a, other, NULL, false), "CE shapes");
+    test_rejected(new_node(FERRY_OP_CROSS_ENTROPY_LOSS, FERRY_TYPE_F32, 1, 1, 1, 1, f16a, f16a, NULL, false), "CE f16");
+    test_rejected(new_node(FERRY_OP_CROSS_ENTROPY_LOSS, FERRY_TYPE_F32, 1, 1, 1, 1, test_permute(f32a, 1, 0, 2, 3),
+                      test_permute(f32b, 1, 0, 2, 3), NULL, false), "CE strided rows");
     struct ferry_tensor *d2 = new_tensor(FERRY_TYPE_F32, 2, 1, 1, 1), *d1 = new_tensor(FERRY_TYPE_F32, 1, 1, 1, 1);
-    rejected(new_node(FERRY_OP_CROSS_ENTROPY_LOSS_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, d2, f32a, f32b, false), "CE back d size");
-    rejected(new_node(FERRY_OP_CROSS_ENTROPY_LOSS_BACK, FERRY_TYPE_F32, 8, 3, 2, 1, d1, f32a, f32b, false), "CE back shape");
-    rejected(new_node(FERRY_OP_CROSS_ENTROPY_LOSS_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, d1, f32a, other, false), "CE back labels");
-    rejected(new_node(FERRY_OP_CROSS_ENTROPY_LOSS_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, d1, f32a, NULL, false), "CE back no labels");
+    test_rejected(new_node(FERRY_OP_CROSS_ENTROPY_LOSS_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, d2, f32a, f32b, false), "CE back d size");
+    test_rejected(new_node(FERRY_OP_CROSS_ENTROPY_LOSS_BACK, FERRY_TYPE_F32, 8, 3, 2, 1, d1, f32a, f32b, false), "CE back shape");
+    test_rejected(new_node(FERRY_OP_CROSS_ENTROPY_LOSS_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, d1, f32a, other, false), "CE back labels");
+    test_rejected(new_node(FERRY_OP_CROSS_ENTROPY_LOSS_BACK, FERRY_TYPE_F32, 8, 4, 2, 1, d1, f32a, NULL, false), "CE back no labels");
     struct ferry_tensor *ia = new_tensor(FERRY_TYPE_I32, 8, 4, 1, 1), *ib = new_tensor(FERRY_TYPE_I32, 8, 3, 1, 1);
-    rejected(new_node(FERRY_OP_COUNT_EQUAL, FERRY_TYPE_I32, 1, 1, 1, 1, ia, ia, NULL, false), "COUNT_EQUAL i32 output");
-    rejected(new_node(FERRY_OP_COUNT_EQUAL, FERRY_TYPE_I64, 2, 1, 1, 1, ia, ia, NULL, false), "COUNT_EQUAL output size");
-    rejected(new_node(FERRY_OP_COUNT_EQUAL, FERRY_TYPE_I64, 1, 1, 1, 1, ia, ib, NULL, false), "COUNT_EQUAL shapes");
-    rejected(new_node(FERRY_OP_COUNT_EQUAL, FERRY_TYPE_I64, 1, 1, 1, 1, f32a, f32a, NULL, false), "COUNT_EQUAL f32");
+    test_rejected(new_node(FERRY_OP_COUNT_EQUAL, FERRY_TYPE_I32, 1, 1, 1, 1, ia, ia, NULL, false), "COUNT_EQUAL i32 output");
+    test_rejected(new_node(FERRY_OP_COUNT_EQUAL, FERRY_TYPE_I64, 2, 1, 1, 1, ia, ia, NULL, false), "COUNT_EQUAL output size");
+    test_rejected(new_node(FERRY_OP_COUNT_EQUAL, FERRY_TYPE_I64, 1, 1, 1, 1, ia, ib, NULL, false), "COUNT_EQUAL shapes");
+    test_rejected(new_node(FERRY_OP_COUNT_EQUAL, FERRY_TYPE_I64, 1, 1, 1, 1, f32a, f32a, NULL, false), "COUNT_EQUAL f32");
 
     /* optimizers */
     struct ferry_tensor *h7 = new_tensor(FERRY_TYPE_F32, 7, 1, 1, 1), *h6 = new_tensor(FERRY_TYPE_F32, 6, 1, 1, 1);
@@ -845,19 +810,19 @@ static void test_hostile(void) {
         n = opt_node(FERRY_OP_OPT_STEP_ADAMW, f32a);
         if (hsrc[k][0] != f32a) n->type = hsrc[k][0]->type, n->src[0] = hsrc[k][0];
         for (int s = 1; s < 5; s++) n->src[s] = hsrc[k][s];
-        rejected(n, "OPT_STEP_ADAMW");
+        test_rejected(n, "OPT_STEP_ADAMW");
     }
     n = opt_node(FERRY_OP_OPT_STEP_SGD, f32a);
     n->src[1] = f32b;
     n->src[2] = h7;
-    rejected(n, "OPT_STEP_SGD 7 parameters");
+    test_rejected(n, "OPT_STEP_SGD 7 parameters");
     n->src[2] = h2;
     n->src[1] = other;
-    rejected(n, "OPT_STEP_SGD grad shape");
+    test_rejected(n, "OPT_STEP_SGD grad shape");
     n->src[1] = f32b;
     n->ne[0] = 4;
-    rejected(n, "OPT_STEP_SGD output shape");
-    free_all();
+    test_rejected(n, "OPT_STEP_SGD output shape");
+    test_free_kept();
 }
 
 /* ---- random nodes: accepted ones must run cleanly ---- */
@@ -867,7 +832,7 @@ static int64_t rand_below(int64_t n) { return n > 0 ? (int64_t)(test_rand_u64(&r
 static struct ferry_tensor *random_source(enum ferry_type t, const int64_t *ne) {
     struct ferry_tensor *s = new_tensor(t, ne[0], ne[1], ne[2], ne[3]);
     if (t == FERRY_TYPE_F32 || t == FERRY_TYPE_F16) test_tensor_fill_uniform(s, &rng, -3, 3);
-    if (rand_below(4) == 0 && ne[0] > 1 && ne[1] > 1 && !ferry_type_is_quantized(t)) return permute(s, 1, 0, 2, 3);
+    if (rand_below(4) == 0 && ne[0] > 1 && ne[1] > 1 && !ferry_type_is_quantized(t)) return test_permute(s, 1, 0, 2, 3);
     return s;
 }
 
@@ -949,7 +914,7 @@ static void random_node(void) {
 static void test_random_nodes(void) {
     for (int i = 0; i < 5000; i++) {
         random_node();
-        free_all();
+        test_free_kept();
     }
 }
 

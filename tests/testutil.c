@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ferry/engine.h"
 #include "ferry/types.h"
 
 int test_passed, test_failed;
@@ -182,4 +183,39 @@ uint8_t *test_read_file(const char *path, size_t *size) {
     fclose(f);
     *size = p ? (size_t)n : 0;
     return p;
+}
+
+static struct ferry_tensor *kept[512];
+static int n_kept;
+
+struct ferry_tensor *test_keep(struct ferry_tensor *t) {
+    if (CHECK(n_kept < (int)(sizeof kept / sizeof kept[0]), "too many tensors in one test")) kept[n_kept++] = t;
+    return t;
+}
+
+void test_free_kept(void) {
+    for (int i = 0; i < n_kept; i++) {
+        if (kept[i]->view_src) free(kept[i]); /* a view: the base owns the data */
+        else test_tensor_free(kept[i]);
+    }
+    n_kept = 0;
+}
+
+struct ferry_tensor *test_permute(struct ferry_tensor *base, int a0, int a1, int a2, int a3) {
+    struct ferry_tensor *v = calloc(1, sizeof *v);
+    *v = *base;
+    const int ax[4] = { a0, a1, a2, a3 };
+    for (int k = 0; k < 4; k++) {
+        v->ne[ax[k]] = base->ne[k];
+        v->nb[ax[k]] = base->nb[k];
+    }
+    v->op = FERRY_OP_PERMUTE;
+    v->view_src = base;
+    return test_keep(v);
+}
+
+bool test_rejected(struct ferry_tensor *node, const char *what) {
+    struct ferry_error err = { 0 };
+    int rc = ferry_engine_check_node(node, &err);
+    return CHECK(rc == FERRY_ERR_INVALID || rc == FERRY_ERR_UNSUPPORTED, "%s: not rejected (rc %d)", what, rc);
 }

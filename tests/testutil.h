@@ -32,6 +32,16 @@ float *test_tensor_to_f32(const struct ferry_tensor *t);
 /* Fills a float-like or quantized tensor with uniform values in [lo, hi). */
 void test_tensor_fill_uniform(struct ferry_tensor *t, uint64_t *state, float lo, float hi);
 
+/* Tensors a test makes and frees together. test_keep takes ownership and
+ * returns t; a view (view_src set) is freed alone, its base owns the data.
+ * At most 512 between two test_free_kept calls. */
+struct ferry_tensor *test_keep(struct ferry_tensor *t);
+void test_free_kept(void);
+/* A kept PERMUTE view of base: axis k of base becomes axis ak. */
+struct ferry_tensor *test_permute(struct ferry_tensor *base, int a0, int a1, int a2, int a3);
+/* CHECKs that the engine refuses node (FERRY_ERR_INVALID or _UNSUPPORTED). */
+bool test_rejected(struct ferry_tensor *node, const char *what);
+
 /* Removes a flat directory (a test's mkdtemp scratch) and the files in it. */
 void test_remove_dir(const char *dir);
 /* A whole file in a malloc'd buffer (*size bytes), or NULL. */
