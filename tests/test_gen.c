@@ -95,16 +95,19 @@ static int expected_ftype(enum ferry_type t) {
 
 static void check_keys(const struct ferry_gguf *g, const struct ferry_gen_params *p) {
     const bool qwen = strncmp(p->arch, "qwen", 4) == 0;
+    /* "mistral" files are llama-architecture files, as real ones are */
+    const char *arch = strcmp(p->arch, "mistral") == 0 ? "llama" : p->arch;
+    const float rope_base = strcmp(p->arch, "llama") == 0 ? 10000.0f : 1000000.0f;
     const uint32_t hd = (uint32_t)(p->n_embd / p->n_head);
     char key[128];
-    key_str(g, "general.architecture", p->arch);
+    key_str(g, "general.architecture", arch);
     struct ferry_gguf_str name = { 0 };
     CHECK(ferry_gguf_get_str(g, "general.name", &name) && name.len > 10 && memcmp(name.ptr, "ferry-gen ", 10) == 0,
           "general.name");
     key_u32(g, "general.file_type", (uint32_t)expected_ftype(p->wtype));
     key_u32(g, "general.quantization_version", 2);
-#define KU(suffix, v) (snprintf(key, sizeof key, "%s.%s", p->arch, suffix), key_u32(g, key, (uint32_t)(v)))
-#define KF(suffix, v) (snprintf(key, sizeof key, "%s.%s", p->arch, suffix), key_f32(g, key, v))
+#define KU(suffix, v) (snprintf(key, sizeof key, "%s.%s", arch, suffix), key_u32(g, key, (uint32_t)(v)))
+#define KF(suffix, v) (snprintf(key, sizeof key, "%s.%s", arch, suffix), key_f32(g, key, v))
     KU("context_length", p->n_ctx);
     KU("embedding_length", p->n_embd);
     KU("block_count", p->n_layer);
@@ -112,7 +115,7 @@ static void check_keys(const struct ferry_gguf *g, const struct ferry_gen_params
     KU("attention.head_count", p->n_head);
     KU("attention.head_count_kv", p->n_head_kv);
     KF("attention.layer_norm_rms_epsilon", qwen ? 1e-6f : 1e-5f);
-    KF("rope.freq_base", qwen ? 1000000.0f : 10000.0f);
+    KF("rope.freq_base", rope_base);
     KU("rope.dimension_count", hd);
     KU("attention.key_length", hd);
     KU("attention.value_length", hd);

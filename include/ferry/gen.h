@@ -15,7 +15,9 @@ extern "C" {
 #endif
 
 struct ferry_gen_params {
-    const char *arch;       /* "llama" (default), "mistral", "qwen2" (q/k/v biases), "qwen3" (q/k norms) */
+    const char *arch;       /* "llama" (default), "mistral" (a llama-architecture
+                               file with Mistral 7B's rope base, as real ones are),
+                               "qwen2" (q/k/v biases), "qwen3" (q/k norms) */
     const char *vocab;      /* "gpt2" (byte-level BPE, default) or "llama" (SentencePiece) */
     int32_t n_vocab;        /* >= 300 */
     int32_t n_embd;         /* multiple of n_head */

@@ -25,17 +25,20 @@
 #define GGUF_ALIGNMENT 32
 #define CHUNK_ELEMS ((int64_t)1 << 20) /* floats generated per write */
 
+/* name: what --arch takes; gguf_arch: what the file's general.architecture
+ * says, as in real files of the family (docs/gguf-keys.md): Mistral 7B-style
+ * models are llama-architecture files, and llama.cpp knows no "mistral". */
 struct arch_info {
-    const char *name;
+    const char *name, *gguf_arch;
     float rms_eps, rope_base;
     bool qkv_bias, qk_norm;
 };
 
 static const struct arch_info ARCHS[] = {
-    { "llama", 1e-5f, 10000.0f, false, false },
-    { "mistral", 1e-5f, 10000.0f, false, false },
-    { "qwen2", 1e-6f, 1000000.0f, true, false },
-    { "qwen3", 1e-6f, 1000000.0f, false, true },
+    { "llama", "llama", 1e-5f, 10000.0f, false, false },
+    { "mistral", "llama", 1e-5f, 1000000.0f, false, false },
+    { "qwen2", "qwen2", 1e-6f, 1000000.0f, true, false },
+    { "qwen3", "qwen3", 1e-6f, 1000000.0f, false, true },
 };
 
 static const struct arch_info *find_arch(const char *name) {
@@ -281,12 +284,12 @@ static int add_metadata(struct ferry_gguf_writer *w, const struct ferry_gen_para
     char name[96], key[128], count[32];
     format_count(count, sizeof count, ferry_gen_n_params(p));
     snprintf(name, sizeof name, "ferry-gen %s %s %s", p->arch, count, ferry_type_name(p->wtype));
-    int rc = ferry_gguf_writer_add_str(w, "general.architecture", p->arch);
+    int rc = ferry_gguf_writer_add_str(w, "general.architecture", a->gguf_arch);
     if (!rc) rc = ferry_gguf_writer_add_str(w, "general.name", name);
     if (!rc) rc = ferry_gguf_writer_add_u32(w, "general.file_type", (uint32_t)ferry_gen_file_type(p->wtype));
     if (!rc) rc = ferry_gguf_writer_add_u32(w, "general.quantization_version", 2);
-#define U32(suffix, v) if (!rc) { snprintf(key, sizeof key, "%s." suffix, p->arch); rc = ferry_gguf_writer_add_u32(w, key, (uint32_t)(v)); }
-#define F32(suffix, v) if (!rc) { snprintf(key, sizeof key, "%s." suffix, p->arch); rc = ferry_gguf_writer_add_f32(w, key, v); }
+#define U32(suffix, v) if (!rc) { snprintf(key, sizeof key, "%s." suffix, a->gguf_arch); rc = ferry_gguf_writer_add_u32(w, key, (uint32_t)(v)); }
+#define F32(suffix, v) if (!rc) { snprintf(key, sizeof key, "%s." suffix, a->gguf_arch); rc = ferry_gguf_writer_add_f32(w, key, v); }
     U32("context_length", p->n_ctx)
     U32("embedding_length", p->n_embd)
     U32("block_count", p->n_layer)
