@@ -27,11 +27,15 @@ uint64_t buffers_random_u64(void) {
 
 void buffers_init(struct buffer_table *t) {
     memset(t, 0, sizeof *t);
-    /* a random 2^40-aligned start in [2^47, 2^48): just above x86-64's
+    /* a random page-aligned start in [2^47, 2^48): just above x86-64's
      * user address space (4-level paging), so a base can never be mistaken
      * for, or collide with, memory of this process; clients only add
-     * offsets to it and never dereference it */
-    t->next_base = (0x80ull + buffers_random_u64() % 0x7f) << 40;
+     * offsets to it and never dereference it. About 2^34 starts, so two
+     * connections' address ranges practically never coincide (with 127
+     * starts they did once in a hundred pairs, and a client's guess of
+     * another connection's addresses landed in its own buffer). */
+    const uint64_t region = 0x80ull + buffers_random_u64() % 0x7f, page = buffers_random_u64() % (1ull << 27);
+    t->next_base = region << 40 | page << 12;
 }
 
 static void release(struct srv_buffer *b) {

@@ -1,4 +1,4 @@
-/* The tensor cache: content-addressed files, verified on load, LRU-bounded. */
+/* The tensor cache: content-addressed files, verified once, LRU-bounded. */
 #include "server/cache.h"
 
 #include <dirent.h>
@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ferry/log.h"
@@ -20,24 +21,50 @@
 
 #define IO_CHUNK (8u << 20)
 
+/* What a file looked like when its bytes were last known to match its
+ * name: written by us from bytes we hashed, or re-hashed on a load. Any
+ * write to the file changes its mtime or ctime (the kernel sets ctime; no
+ * one can set it back), a replaced file has another inode. */
+struct file_id {
+    uint64_t dev, ino, size, mtime_ns, ctime_ns;
+};
+
 struct cache_entry {
     uint64_t hash;
     uint64_t size;
     uint64_t last_use; /* a logical clock: larger = more recent */
+    bool verified;     /* id below holds */
+    struct file_id id;
 };
 
 struct ferry_cache {
     char *dir;
+    bool verdicts_dirty; /* the verdict file lags the index */
+    uint64_t verdicts_written_ns;
     uint64_t max_bytes;
     pthread_mutex_t lock;
     struct cache_entry *v;
     size_t n, cap;
     uint64_t clock, total;
-    uint64_t hits, misses;
+    uint64_t hits, misses, rehashes;
 };
 
 static void file_path(const struct ferry_cache *c, uint64_t hash, char *out, size_t cap) {
     snprintf(out, cap, "%s/%016" PRIx64, c->dir, hash);
+}
+
+#define VERDICT_FILE ".ferry-verified"
+#define VERDICT_MAGIC "ferry-cache-verdicts 1"
+
+static struct file_id file_id_of(const struct stat *st) {
+    return (struct file_id){ (uint64_t)st->st_dev, (uint64_t)st->st_ino, (uint64_t)st->st_size,
+                             (uint64_t)st->st_mtim.tv_sec * 1000000000ull + (uint64_t)st->st_mtim.tv_nsec,
+                             (uint64_t)st->st_ctim.tv_sec * 1000000000ull + (uint64_t)st->st_ctim.tv_nsec };
+}
+
+static bool same_file(const struct file_id *a, const struct file_id *b) {
+    return a->dev == b->dev && a->ino == b->ino && a->size == b->size && a->mtime_ns == b->mtime_ns &&
+           a->ctime_ns == b->ctime_ns;
 }
 
 static struct cache_entry *find(struct ferry_cache *c, uint64_t hash) {
@@ -54,7 +81,7 @@ static int add(struct ferry_cache *c, uint64_t hash, uint64_t size, uint64_t las
         c->v = v;
         c->cap = cap;
     }
-    c->v[c->n++] = (struct cache_entry){ hash, size, last_use };
+    c->v[c->n++] = (struct cache_entry){ .hash = hash, .size = size, .last_use = last_use };
     c->total += size;
     return FERRY_OK;
 }
@@ -78,6 +105,7 @@ static void evict(struct ferry_cache *c, uint64_t keep) {
         if (lru == NULL) break;
         ferry_log_info("cache: evicting %016" PRIx64 " (%" PRIu64 " bytes)", lru->hash, lru->size);
         drop(c, lru, true);
+        c->verdicts_dirty = true;
     }
 }
 
@@ -114,6 +142,57 @@ static int cmp_mtime(const void *a, const void *b) {
     return x->last_use < y->last_use ? -1 : x->last_use > y->last_use;
 }
 
+/* The verdicts survive a restart in a small text file beside the tensor
+ * files (ggml's rpc-server, sharing the directory, looks only at the files
+ * named by hashes): one line per verified file. Lost or stale lines only
+ * cost a re-hash. */
+static void verdicts_read(struct ferry_cache *c) {
+    char path[4096], line[256];
+    snprintf(path, sizeof path, "%s/" VERDICT_FILE, c->dir);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) return;
+    if (fgets(line, sizeof line, f) && strncmp(line, VERDICT_MAGIC, strlen(VERDICT_MAGIC)) == 0) {
+        while (fgets(line, sizeof line, f)) {
+            uint64_t hash;
+            struct file_id id;
+            if (sscanf(line, "%" SCNx64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64, &hash, &id.dev,
+                       &id.ino, &id.size, &id.mtime_ns, &id.ctime_ns) != 6)
+                continue;
+            struct cache_entry *e = find(c, hash);
+            if (e && e->size == id.size) e->verified = true, e->id = id;
+        }
+    }
+    fclose(f);
+}
+
+/* Rewrites the verdict file (temp file and rename) when it lags; called
+ * with the lock held, after the file I/O of a load or store. A verdict
+ * gained or lost is written at once; a hit that only touched a verified
+ * file's times at most once a second, and at close (a crash in between
+ * costs one re-hash of those files). */
+static void verdicts_write(struct ferry_cache *c, bool now) {
+    if (!c->verdicts_dirty) return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    const uint64_t t = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    if (!now && t - c->verdicts_written_ns < 1000000000ull) return;
+    c->verdicts_written_ns = t;
+    char path[4096], tmp[4096];
+    snprintf(path, sizeof path, "%s/" VERDICT_FILE, c->dir);
+    snprintf(tmp, sizeof tmp, "%s/.tmp-verdicts-%016" PRIx64, c->dir, buffers_random_u64());
+    FILE *f = fopen(tmp, "w");
+    if (f == NULL) return;
+    fprintf(f, VERDICT_MAGIC "\n");
+    for (size_t i = 0; i < c->n; i++) {
+        const struct cache_entry *e = &c->v[i];
+        if (e->verified)
+            fprintf(f, "%016" PRIx64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", e->hash,
+                    e->id.dev, e->id.ino, e->id.size, e->id.mtime_ns, e->id.ctime_ns);
+    }
+    if (fclose(f) == 0 && rename(tmp, path) == 0) c->verdicts_dirty = false;
+    else unlink(tmp);
+}
+
 int ferry_cache_open(const char *dir, uint64_t max_bytes, struct ferry_cache **out,
                      struct ferry_error *err) {
     *out = NULL;
@@ -148,6 +227,7 @@ int ferry_cache_open(const char *dir, uint64_t max_bytes, struct ferry_cache **o
     /* rank by mtime, then give the logical clock the same order */
     if (c->n > 1) qsort(c->v, c->n, sizeof *c->v, cmp_mtime);
     for (size_t i = 0; i < c->n; i++) c->v[i].last_use = ++c->clock;
+    verdicts_read(c);
     evict(c, 0);
     *out = c;
     return FERRY_OK;
@@ -155,6 +235,7 @@ int ferry_cache_open(const char *dir, uint64_t max_bytes, struct ferry_cache **o
 
 void ferry_cache_close(struct ferry_cache *c) {
     if (c == NULL) return;
+    verdicts_write(c, true);
     pthread_mutex_destroy(&c->lock);
     free(c->v);
     free(c->dir);
@@ -182,37 +263,72 @@ static void forget(struct ferry_cache *c, uint64_t hash, bool unlink_file) {
     if (e) drop(c, e, unlink_file);
 }
 
+/* Reads n bytes of fd into dst: one copy, page cache to tensor memory. */
+static bool read_all(int fd, uint8_t *dst, uint64_t n) {
+    uint64_t done = 0;
+    while (done < n) {
+        size_t want = n - done > IO_CHUNK ? IO_CHUNK : (size_t)(n - done);
+        ssize_t r = pread(fd, dst + done, want, (off_t)done);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return false;
+        done += (uint64_t)r;
+    }
+    return true;
+}
+
+/* A file not verified since it last changed is mapped and re-hashed before
+ * a byte of it reaches tensor memory, so a corrupt file never overwrites
+ * what the client had there; one verified and unchanged since is read
+ * straight into place. Either way the hit touches the file's mtime (LRU
+ * order survives a restart) and the new identity is recorded. */
 int ferry_cache_load(struct ferry_cache *c, uint64_t hash, void *dst, uint64_t n) {
     char path[4096];
     file_path(c, hash, path, sizeof path);
-    bool ok = false;
+    bool ok = false, known = false;
+    struct file_id id = { 0 };
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        /* verify the mapped file before a byte of it reaches tensor memory,
-         * so a corrupt file never overwrites what the client had there */
-        struct stat st;
-        if (fstat(fd, &st) == 0 && (uint64_t)st.st_size == n && n > 0 && n <= SIZE_MAX) {
-            void *map = mmap(NULL, (size_t)n, PROT_READ, MAP_PRIVATE, fd, 0);
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0 && (uint64_t)st.st_size == n && n > 0 && n <= SIZE_MAX) {
+        id = file_id_of(&st);
+        pthread_mutex_lock(&c->lock);
+        struct cache_entry *e = find(c, hash);
+        known = e && e->verified && same_file(&e->id, &id);
+        pthread_mutex_unlock(&c->lock);
+        if (known) {
+            posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+            ok = read_all(fd, dst, n);
+        } else {
+            pthread_mutex_lock(&c->lock);
+            c->rehashes++;
+            pthread_mutex_unlock(&c->lock);
+            void *map = mmap(NULL, (size_t)n, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
             if (map != MAP_FAILED) {
                 ok = ferry_fnv1a64(map, (size_t)n) == hash;
                 if (ok) memcpy(dst, map, (size_t)n);
                 munmap(map, (size_t)n);
             }
         }
-        close(fd);
+        if (ok && futimens(fd, NULL) == 0 && fstat(fd, &st) == 0) id = file_id_of(&st);
     }
+    if (fd >= 0) close(fd);
     pthread_mutex_lock(&c->lock);
+    struct cache_entry *e = find(c, hash);
     if (ok) {
-        struct cache_entry *e = find(c, hash);
-        if (e) e->last_use = ++c->clock;
+        if (e) {
+            e->last_use = ++c->clock;
+            e->verified = true;
+            e->id = id;
+            c->verdicts_dirty = true;
+        }
         c->hits++;
     } else {
         ferry_log_warn("cache: %s %s; dropped", path, fd < 0 ? "unreadable" : "does not match its hash");
         forget(c, hash, true);
         c->misses++;
+        c->verdicts_dirty = true;
     }
+    verdicts_write(c, !known);
     pthread_mutex_unlock(&c->lock);
-    if (ok) utimensat(AT_FDCWD, path, NULL, 0); /* mtime = now: LRU order survives a restart */
     return ok ? FERRY_OK : FERRY_ERR_INVALID;
 }
 
@@ -260,9 +376,17 @@ int ferry_cache_store(struct ferry_cache *c, uint64_t hash, const void *data, ui
             unlink(path);
             rc = ferry_fail(err, FERRY_ERR_NOMEM, "cache: out of memory");
         } else {
+            /* the caller hashed these bytes as they arrived: the file is
+             * verified as written (its identity read after the rename,
+             * which may touch ctime) */
+            struct cache_entry *e = &c->v[c->n - 1];
+            struct stat st;
+            if (stat(path, &st) == 0) e->verified = true, e->id = file_id_of(&st);
+            c->verdicts_dirty = true;
             evict(c, hash);
         }
     }
+    verdicts_write(c, true);
     pthread_mutex_unlock(&c->lock);
     if (rc == FERRY_OK) ferry_log_info("cache: saved %" PRIu64 " bytes to %s", n, path);
     return rc;
@@ -274,6 +398,7 @@ void ferry_cache_get_stats(struct ferry_cache *c, struct ferry_cache_stats *out)
     out->misses = c->misses;
     out->files = c->n;
     out->bytes = c->total;
+    out->rehashes = c->rehashes;
     pthread_mutex_unlock(&c->lock);
 }
 

@@ -2,12 +2,17 @@
  *
  * Compatible with ggml's rpc-server: a file per tensor, named by the
  * FNV-1a-64 of its bytes as "%016llx", directly in the cache directory.
- * Unlike ggml's, it never serves a file it has not re-hashed (a mismatch
+ * Unlike ggml's, it never serves a file it has not verified (a mismatch
  * deletes the file and counts as a miss), writes atomically (temp file,
  * fsync, rename), and keeps its size under a bound by evicting the least
  * recently used files (an in-memory index built from the directory at
  * startup, ordered by mtime; a hit touches the file's mtime so the order
- * survives restarts). One mutex guards the index; file I/O runs outside it. */
+ * survives restarts). Verified once: a file is known good when written
+ * from bytes the server hashed, or after one re-hash; that verdict is kept
+ * with the file's identity (device, inode, size, mtime, ctime) in
+ * .ferry-verified beside the files, and a hit on an unchanged file is one
+ * read into tensor memory, no hash. One mutex guards the index; file I/O
+ * runs outside it. */
 #ifndef FERRY_SERVER_CACHE_H
 #define FERRY_SERVER_CACHE_H
 
@@ -23,6 +28,7 @@ struct ferry_cache;
 
 struct ferry_cache_stats {
     uint64_t hits, misses, files, bytes;
+    uint64_t rehashes; /* loads that re-hashed a file not verified since it last changed */
 };
 
 /* Creates the directory (and parents) if needed and indexes its files. */
