@@ -1,0 +1,151 @@
+/* The server's local weights (src/server/local_weights.h): every tensor of
+ * a local GGUF is found by the FNV-1a of its bytes and copied out exactly;
+ * a saved index is reused only while its file is unchanged; a file changed
+ * under a running server is never served; directories, duplicates, bad
+ * files and bad indexes are handled. */
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ferry/gen.h"
+#include "ferry/gguf.h"
+#include "proto/rpc.h"
+#include "server/local_weights.h"
+#include "testutil.h"
+
+static char dir[256], models[300], index_dir[300];
+
+static void gen(const char *name, uint64_t seed, char *path, size_t cap) {
+    struct ferry_gen_params p;
+    ferry_gen_params_defaults(&p);
+    p.seed = seed;
+    p.wtype = FERRY_TYPE_Q8_0;
+    snprintf(path, cap, "%s/%s", models, name);
+    struct ferry_error err = { 0 };
+    CHECK(ferry_gen_model(&p, path, &err) == FERRY_OK, "gen %s: %s", name, err.msg);
+}
+
+static struct ferry_local_weights *open_lw(const char *const *paths, int n, struct ferry_local_weights_stats *st) {
+    struct ferry_local_weights *lw = NULL;
+    struct ferry_error err = { 0 };
+    int rc = ferry_local_weights_open(paths, n, index_dir, 2, &lw, &err);
+    CHECK(rc == FERRY_OK, "open: %s", err.msg);
+    if (lw && st) ferry_local_weights_get_stats(lw, st);
+    return lw;
+}
+
+/* Every tensor of path is found by its hash and loads byte for byte. */
+static void check_all_served(struct ferry_local_weights *lw, const char *path, const char *what) {
+    struct ferry_gguf *g = NULL;
+    struct ferry_error err = { 0 };
+    if (!CHECK(ferry_gguf_open(path, &g, &err) == FERRY_OK, "open %s: %s", path, err.msg)) return;
+    int bad = 0;
+    for (int64_t i = 0; i < ferry_gguf_n_tensors(g); i++) {
+        const struct ferry_gguf_tensor_info *t = ferry_gguf_tensor(g, i);
+        const uint64_t h = ferry_fnv1a64(t->data, t->size);
+        uint8_t *got = malloc(t->size);
+        bad += !(ferry_local_weights_lookup(lw, h) == (int64_t)t->size &&
+                 ferry_local_weights_load(lw, h, got, t->size) == FERRY_OK && memcmp(got, t->data, t->size) == 0);
+        free(got);
+    }
+    CHECK(bad == 0 && ferry_gguf_n_tensors(g) > 10, "%s: all %lld tensors served exactly (%d not)", what,
+          (long long)ferry_gguf_n_tensors(g), bad);
+    ferry_gguf_close(g);
+}
+
+int main(void) {
+    snprintf(dir, sizeof dir, "/tmp/ferry-test-lw-XXXXXX");
+    if (!mkdtemp(dir)) return 1;
+    snprintf(models, sizeof models, "%s/models", dir);
+    snprintf(index_dir, sizeof index_dir, "%s/index", dir);
+    mkdir(models, 0755);
+    char a[512], b[512];
+    gen("a.gguf", 1, a, sizeof a);
+    gen("b.gguf", 2, b, sizeof b);
+    char junk[512];
+    snprintf(junk, sizeof junk, "%s/notes.txt", models);
+    FILE *f = fopen(junk, "w");
+    if (f) fputs("not a model\n", f), fclose(f);
+
+    struct ferry_local_weights_stats st;
+    const char *one[1] = { a };
+    struct ferry_local_weights *lw = open_lw(one, 1, &st);
+    CHECK(st.files == 1 && st.files_hashed == 1 && st.tensors > 10, "first open hashes the file (%llu tensors)",
+          (unsigned long long)st.tensors);
+    check_all_served(lw, a, "a.gguf");
+    CHECK(ferry_local_weights_lookup(lw, 12345) == -1, "an unknown hash is a miss");
+    ferry_local_weights_get_stats(lw, &st);
+    CHECK(st.hits == st.tensors, "every load counted as a hit");
+    ferry_local_weights_close(lw);
+
+    lw = open_lw(one, 1, &st);
+    CHECK(st.files_hashed == 0 && st.bytes_hashed == 0, "a second open reuses the saved index, no hashing");
+    check_all_served(lw, a, "a.gguf from its saved index");
+    ferry_local_weights_close(lw);
+
+    /* a directory: its .gguf files (the .txt ignored), a file named twice
+     * counted once */
+    const char *dirs[2] = { models, a };
+    lw = open_lw(dirs, 2, &st);
+    CHECK(st.files == 2 && st.files_hashed == 1, "directory: 2 models, only the new one hashed (%llu, %llu)",
+          (unsigned long long)st.files, (unsigned long long)st.files_hashed);
+    check_all_served(lw, b, "b.gguf from the directory");
+
+    /* a model written to while served: refused, then forgotten */
+    struct ferry_gguf *g = NULL;
+    struct ferry_error err = { 0 };
+    ferry_gguf_open(b, &g, &err);
+    const struct ferry_gguf_tensor_info *t = g ? ferry_gguf_tensor(g, 0) : NULL;
+    uint64_t h = t ? ferry_fnv1a64(t->data, t->size) : 0;
+    size_t tsize = t ? t->size : 0;
+    ferry_gguf_close(g);
+    int fd = open(b, O_WRONLY);
+    char x = 'x';
+    CHECK(fd >= 0 && pwrite(fd, &x, 1, 40) == 1, "write into b.gguf");
+    if (fd >= 0) close(fd);
+    uint8_t *buf = malloc(tsize + 1);
+    CHECK(ferry_local_weights_load(lw, h, buf, tsize) == FERRY_ERR_INVALID, "a changed file is not served");
+    CHECK(ferry_local_weights_lookup(lw, h) == -1, "and its tensors are forgotten");
+    check_all_served(lw, a, "a.gguf, untouched, still served");
+    ferry_local_weights_close(lw);
+    free(buf);
+
+    /* the changed file's index no longer matches: it is hashed again */
+    const char *bb[1] = { b };
+    lw = open_lw(bb, 1, &st);
+    CHECK(st.files_hashed == 1, "a changed file is hashed again at the next open");
+    ferry_local_weights_close(lw);
+
+    /* a damaged index: an entry past the end of the file is not trusted */
+    lw = NULL;
+    {
+        struct ferry_local_weights *tmp = open_lw(one, 1, &st); /* make sure a's index exists */
+        ferry_local_weights_close(tmp);
+        char cmd[1400];
+        snprintf(cmd, sizeof cmd, "for f in %s/local-*.idx; do echo 'ffffffffffffffff 999999999999 5' >> \"$f\"; done",
+                 index_dir);
+        CHECK(system(cmd) == 0, "append a bad entry to the indexes");
+        lw = open_lw(one, 1, &st);
+        CHECK(st.files_hashed == 1 && ferry_local_weights_lookup(lw, 0xffffffffffffffffull) == -1,
+              "an index with an entry outside its file is discarded and the file re-hashed");
+        check_all_served(lw, a, "a.gguf after a bad index");
+        ferry_local_weights_close(lw);
+    }
+
+    /* bad paths: a clear error, nothing opened */
+    const char *missing[1] = { "/nonexistent/model.gguf" };
+    const char *notgguf[1] = { junk };
+    struct ferry_local_weights *bad = NULL;
+    CHECK(ferry_local_weights_open(missing, 1, index_dir, 1, &bad, &err) != FERRY_OK && bad == NULL &&
+              strstr(err.msg, "/nonexistent/model.gguf"),
+          "a missing model is an error naming it (%s)", err.msg);
+    CHECK(ferry_local_weights_open(notgguf, 1, index_dir, 1, &bad, &err) != FERRY_OK && bad == NULL,
+          "a file that is not a GGUF is an error (%s)", err.msg);
+
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0, "clean up");
+    return test_summary();
+}
