@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ferry/client.h"
 #include "ferry/gen.h"
 #include "ferry/gguf.h"
 #include "proto/rpc.h"
@@ -53,6 +54,61 @@ static void check_all_served(struct ferry_local_weights *lw, const char *path, c
     CHECK(bad == 0 && ferry_gguf_n_tensors(g) > 10, "%s: all %lld tensors served exactly (%d not)", what,
           (long long)ferry_gguf_n_tensors(g), bad);
     ferry_gguf_close(g);
+}
+
+/* Through a server: a client's SET_TENSOR_HASH of every tensor of the
+ * model the server holds is a hit, and the tensor then holds its bytes; a
+ * tensor the server does not hold is a miss. */
+static void test_server_answers_from_disk(const char *path) {
+    struct ferry_server_config cfg;
+    ferry_server_config_defaults(&cfg);
+    cfg.port = 0;
+    cfg.n_threads = 1;
+    const char *paths[1] = { path };
+    cfg.model_paths = paths, cfg.n_model_paths = 1, cfg.model_index_dir = index_dir;
+    struct test_server ts;
+    if (!test_server_start(&ts, &cfg)) return;
+    struct ferry_client *c = NULL;
+    struct ferry_error err = { 0 };
+    struct ferry_gguf *g = NULL;
+    if (CHECK(ferry_client_connect(ts.endpoint, NULL, &c, &err) == FERRY_OK, "connect: %s", err.msg) &&
+        CHECK(ferry_gguf_open(path, &g, &err) == FERRY_OK, "open: %s", err.msg)) {
+        uint64_t total = 0;
+        for (int64_t i = 0; i < ferry_gguf_n_tensors(g); i++) total += ferry_gguf_tensor(g, i)->size + 64;
+        struct ferry_remote_buffer buf;
+        CHECK(ferry_client_alloc_buffer(c, 0, total + 4096, &buf, &err) == FERRY_OK, "alloc: %s", err.msg);
+        int hits = 0, exact = 0, n = (int)ferry_gguf_n_tensors(g);
+        uint64_t off = 0;
+        for (int64_t i = 0; i < n; i++) {
+            const struct ferry_gguf_tensor_info *ti = ferry_gguf_tensor(g, i);
+            struct ferry_tensor t;
+            ferry_tensor_init(&t, ti->type, ti->n_dims, ti->ne, NULL);
+            if (ferry_remote_tensor_place(&t, &buf, off, &err) != FERRY_OK) break;
+            off += (ti->size + 63) / 64 * 64;
+            bool hit = false;
+            if (ferry_client_set_tensor_hash(c, &t, 0, ti->data, ti->size, &hit, &err) != FERRY_OK) break;
+            hits += hit;
+            uint8_t *back = malloc(ti->size);
+            exact += ferry_client_get_tensor(c, &t, 0, back, ti->size, &err) == FERRY_OK &&
+                     memcmp(back, ti->data, ti->size) == 0;
+            free(back);
+        }
+        CHECK(hits == n && exact == n, "server: %d of %d tensors hit, %d exact, with no payload sent", hits, n, exact);
+        struct ferry_tensor t;
+        int64_t ne[1] = { 4096 };
+        ferry_tensor_init(&t, FERRY_TYPE_I8, 1, ne, NULL);
+        ferry_remote_tensor_place(&t, &buf, 0, &err);
+        uint8_t other[4096] = { 1, 2, 3 };
+        bool hit = true;
+        CHECK(ferry_client_set_tensor_hash(c, &t, 0, other, sizeof other, &hit, &err) == FERRY_OK && !hit,
+              "server: a tensor it does not hold is a miss");
+        struct ferry_server_stats st;
+        ferry_server_get_stats(ts.s, &st);
+        CHECK(st.local_hits == (uint64_t)n, "server counts %llu local hits", (unsigned long long)st.local_hits);
+    }
+    ferry_gguf_close(g);
+    ferry_client_close(c);
+    test_server_stop(&ts);
 }
 
 int main(void) {
@@ -133,6 +189,8 @@ int main(void) {
         check_all_served(lw, a, "a.gguf after a bad index");
         ferry_local_weights_close(lw);
     }
+
+    test_server_answers_from_disk(a);
 
     /* bad paths: a clear error, nothing opened */
     const char *missing[1] = { "/nonexistent/model.gguf" };

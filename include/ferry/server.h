@@ -35,6 +35,11 @@ struct ferry_server_config {
                                   is the address the client connected to */
     const char *rdma_ip;       /* use the GID of this IPv4 address; NULL: $FERRY_RDMA_IP or the
                                   connection's local address */
+    const char *const *model_paths; /* GGUF files or directories whose tensors a matching
+                                       SET_TENSOR_HASH gets from local disk; indexed at create */
+    int n_model_paths;
+    const char *model_index_dir; /* where their indexes are kept; NULL: cache_dir/local-index,
+                                    else $XDG_CACHE_HOME/ferry or ~/.cache/ferry */
 };
 
 #ifndef FERRY_TRANSPORT_AUTO
@@ -68,6 +73,7 @@ struct ferry_server_stats {
     uint64_t commands, bytes_in, bytes_out;
     uint64_t graphs_computed, compute_ns;
     uint64_t cache_hits, cache_misses, cache_files, cache_bytes;
+    uint64_t local_hits, local_bytes;  /* SET_TENSOR_HASH answered from the local weights */
     uint64_t cpu_user_ns, cpu_sys_ns; /* the server process's CPU time */
 };
 void ferry_server_get_stats(struct ferry_server *s, struct ferry_server_stats *out);

@@ -171,7 +171,17 @@ static int do_set_tensor(struct conn_state *st, uint64_t size, struct ferry_erro
 static int do_set_tensor_hash(struct conn_state *st, const struct ferry_rpc_set_tensor_hash *r,
                               struct ferry_error *err) {
     uint8_t result = 0;
-    struct ferry_cache *cache = st->s->cache;
+    /* the server's own model files first: no payload, no cache file */
+    struct ferry_local_weights *local = st->s->local;
+    int64_t local_size = local ? ferry_local_weights_lookup(local, r->hash) : -1;
+    if (local_size >= 0) {
+        void *host = NULL;
+        int rc = ferry_rpc_resolve_region(&r->tensor, r->offset, (uint64_t)local_size, buffers_resolve,
+                                          &st->buffers, &host, err);
+        if (rc) return rc;
+        result = ferry_local_weights_load(local, r->hash, host, (uint64_t)local_size) == FERRY_OK;
+    }
+    struct ferry_cache *cache = result ? NULL : st->s->cache;
     if (cache) {
         int64_t n = ferry_cache_lookup(cache, r->hash);
         if (n < 0) {

@@ -11,6 +11,7 @@
 #include "ferry/engine.h"
 #include "ferry/server.h"
 #include "server/cache.h"
+#include "server/local_weights.h"
 #include "transport/transport.h"
 
 /* A GRAPH_COMPUTE payload is copied into memory before decoding: bound it
@@ -38,6 +39,7 @@ struct ferry_server {
     struct ferry_engine *engine;
     pthread_mutex_t engine_lock; /* held only while a graph computes */
     struct ferry_cache *cache;   /* NULL: no cache */
+    struct ferry_local_weights *local; /* NULL: no --model */
 
     pthread_mutex_t conns_lock;
     struct server_conn *conns;

@@ -54,6 +54,22 @@ void server_mem_release(struct ferry_server *s, uint64_t size) {
     atomic_fetch_sub(&s->bytes_allocated, size);
 }
 
+/* The weights of --model, indexed with every core: the server serves
+ * nothing until they are. */
+static int open_local_weights(struct ferry_server *s, const struct ferry_server_config *cfg,
+                              struct ferry_error *err) {
+    char dir[4096];
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    int n = cfg->model_index_dir ? snprintf(dir, sizeof dir, "%s", cfg->model_index_dir)
+            : s->cache_dir       ? snprintf(dir, sizeof dir, "%s/local-index", s->cache_dir)
+            : xdg && *xdg        ? snprintf(dir, sizeof dir, "%s/ferry", xdg)
+            : home && *home      ? snprintf(dir, sizeof dir, "%s/.cache/ferry", home)
+                                 : -1;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    return ferry_local_weights_open(cfg->model_paths, cfg->n_model_paths, n > 0 && (size_t)n < sizeof dir ? dir : NULL,
+                                    cores > 0 ? (int)cores : 1, &s->local, err);
+}
+
 int ferry_server_create(const struct ferry_server_config *cfg, struct ferry_server **out,
                         struct ferry_error *err) {
     *out = NULL;
@@ -89,6 +105,7 @@ int ferry_server_create(const struct ferry_server_config *cfg, struct ferry_serv
                           : ferry_fail(err, FERRY_ERR_NOMEM, "out of memory");
         if (rc) goto fail;
     }
+    if (cfg->n_model_paths > 0 && (rc = open_local_weights(s, cfg, err)) != FERRY_OK) goto fail;
     if (pipe2(s->stop_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
         rc = ferry_fail(err, FERRY_ERR_IO, "pipe: %s", strerror(errno));
         goto fail;
@@ -228,6 +245,7 @@ void ferry_server_destroy(struct ferry_server *s) {
     ferry_listener_close(s->listener);
     ferry_engine_destroy(s->engine);
     ferry_cache_close(s->cache);
+    ferry_local_weights_close(s->local);
     if (s->stop_pipe[0] >= 0) close(s->stop_pipe[0]);
     if (s->stop_pipe[1] >= 0) close(s->stop_pipe[1]);
     pthread_mutex_destroy(&s->engine_lock);
@@ -253,6 +271,12 @@ void ferry_server_get_stats(struct ferry_server *s, struct ferry_server_stats *o
     out->bytes_out = atomic_load(&s->bytes_out);
     out->graphs_computed = atomic_load(&s->graphs_computed);
     out->compute_ns = atomic_load(&s->compute_ns);
+    if (s->local) {
+        struct ferry_local_weights_stats ls;
+        ferry_local_weights_get_stats(s->local, &ls);
+        out->local_hits = ls.hits;
+        out->local_bytes = ls.bytes_served;
+    }
     if (s->cache) {
         struct ferry_cache_stats cs;
         ferry_cache_get_stats(s->cache, &cs);
