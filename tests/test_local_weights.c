@@ -12,6 +12,7 @@
 #include "ferry/client.h"
 #include "ferry/gen.h"
 #include "ferry/gguf.h"
+#include "ferry/model.h"
 #include "proto/rpc.h"
 #include "server/local_weights.h"
 #include "testutil.h"
@@ -111,6 +112,54 @@ static void test_server_answers_from_disk(const char *path) {
     test_server_stop(&ts);
 }
 
+/* ferry run's path between ferry peers: a server holding the model file
+ * fills every weight itself (FERRY_LOAD_LOCAL), the client sends none of
+ * them, and the logits equal a local run's, bit for bit. A server holding
+ * another model fills nothing and the client uploads as before. */
+static void model_logits(const char *path, const char *endpoint, float *logits, struct ferry_model_node_info *node) {
+    struct ferry_model_params p;
+    ferry_model_params_defaults(&p);
+    p.path = path;
+    p.n_threads = 1;
+    p.n_ctx = 64;
+    if (endpoint) p.rpc[0] = endpoint, p.n_rpc = 1;
+    struct ferry_model *m = NULL;
+    struct ferry_error err = { 0 };
+    if (!CHECK(ferry_model_load(&p, &m, &err) == FERRY_OK, "load %s: %s", endpoint ? endpoint : "local", err.msg))
+        return;
+    const int32_t tokens[4] = { 1, 7, 42, 3 };
+    CHECK(ferry_model_decode(m, tokens, 4, logits, &err) == FERRY_OK, "decode: %s", err.msg);
+    if (node) ferry_model_node_info(m, ferry_model_n_nodes(m) - 1, node);
+    ferry_model_free(m);
+}
+
+static void test_model_from_server_copy(const char *path, const char *other) {
+    struct ferry_server_config cfg;
+    ferry_server_config_defaults(&cfg);
+    cfg.port = 0;
+    cfg.n_threads = 1;
+    const char *paths[1] = { path };
+    cfg.model_paths = paths, cfg.n_model_paths = 1, cfg.model_index_dir = index_dir;
+    struct test_server ts;
+    if (!test_server_start(&ts, &cfg)) return;
+    float *local = calloc(1 << 16, sizeof(float)), *remote = calloc(1 << 16, sizeof(float));
+    struct ferry_model_node_info node;
+    memset(&node, 0, sizeof node);
+    model_logits(path, NULL, local, NULL);
+    model_logits(path, ts.endpoint, remote, &node);
+    CHECK(node.local_hits > 10 && node.uploaded_bytes == 0 && node.local_bytes == node.weight_bytes,
+          "every weight filled by the server: %u weights, %llu of %llu bytes, %llu sent",
+          node.local_hits, (unsigned long long)node.local_bytes, (unsigned long long)node.weight_bytes,
+          (unsigned long long)node.uploaded_bytes);
+    CHECK(memcmp(local, remote, (1 << 16) * sizeof(float)) == 0, "logits from the server's copy equal the local run's");
+    model_logits(other, ts.endpoint, remote, &node);
+    CHECK(node.local_hits == 0 && node.uploaded_bytes == node.weight_bytes,
+          "another model: nothing from the server's files, every weight uploaded (%u, %llu of %llu)",
+          node.local_hits, (unsigned long long)node.uploaded_bytes, (unsigned long long)node.weight_bytes);
+    free(local), free(remote);
+    test_server_stop(&ts);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/ferry-test-lw-XXXXXX");
     if (!mkdtemp(dir)) return 1;
@@ -191,6 +240,9 @@ int main(void) {
     }
 
     test_server_answers_from_disk(a);
+    char c[512];
+    gen("c.gguf", 3, c, sizeof c);
+    test_model_from_server_copy(a, c);
 
     /* bad paths: a clear error, nothing opened */
     const char *missing[1] = { "/nonexistent/model.gguf" };

@@ -134,6 +134,16 @@ struct ferry_client_server_stats {
 int ferry_client_server_stats(struct ferry_client *c, struct ferry_client_server_stats *out,
                               struct ferry_error *err);
 
+/* True when the server holds model files of its own (FERRY_LOAD_LOCAL). */
+bool ferry_client_server_has_local(struct ferry_client *c);
+/* Asks the server to fill t (placed, whole) from its own copy of the model
+ * file whose ferry_gguf_content_key is key, from that file's byte
+ * file_offset: *loaded true when it did (no payload crossed the network),
+ * false when it holds no such tensor. FERRY_ERR_UNSUPPORTED, with nothing
+ * sent, when the server is not a ferry server with model files. */
+int ferry_client_load_local(struct ferry_client *c, const struct ferry_tensor *t, uint64_t key,
+                            uint64_t file_offset, bool *loaded, struct ferry_error *err);
+
 /* ---- devices ----------------------------------------------------------------- */
 
 int ferry_client_device_count(struct ferry_client *c, uint32_t *count, struct ferry_error *err);

@@ -74,6 +74,14 @@ bool ferry_gguf_get_arr(const struct ferry_gguf *g, const char *key, enum ferry_
 bool ferry_gguf_get_arr_str(const struct ferry_gguf *g, const char *key, uint64_t j,
                             struct ferry_gguf_str *out);
 
+/* A key for the file's content that costs no pass over the weights: the
+ * FNV-1a-64 of the header (metadata and tensor table), the file size, and
+ * 64 bytes from the start, middle and end of every tensor's data. Two
+ * files with one key are the same model file, barring an edit inside a
+ * tensor that leaves those samples alone; ferry peers use it to tell
+ * whether a server holds the client's model (docs/protocol-extensions.md). */
+uint64_t ferry_gguf_content_key(const struct ferry_gguf *g);
+
 int64_t ferry_gguf_n_tensors(const struct ferry_gguf *g);
 const struct ferry_gguf_tensor_info *ferry_gguf_tensor(const struct ferry_gguf *g, int64_t i);
 const struct ferry_gguf_tensor_info *ferry_gguf_find_tensor(const struct ferry_gguf *g, const char *name);

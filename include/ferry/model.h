@@ -39,7 +39,7 @@ struct ferry_model_params {
     int n_threads;      /* local engine threads; 0 = number of cores */
     int n_ctx;          /* KV cache length; 0 = min(4096, the model's context length) */
     int n_batch;        /* tokens per ubatch; 0 = 512 */
-    bool no_hash_cache; /* never probe SET_TENSOR_HASH */
+    bool no_hash_cache; /* never probe SET_TENSOR_HASH or the server's model files */
     ferry_model_progress_fn progress;
     void *progress_ud;
     struct ferry_client_options client; /* zero fields: the defaults */
@@ -63,6 +63,8 @@ struct ferry_model_node_info {
     uint64_t weight_bytes;        /* weights this node holds */
     uint64_t uploaded_bytes;      /* of them sent at load (cache hits are not) */
     uint32_t cache_hits;          /* uploads the server's hash cache answered */
+    uint32_t local_hits;          /* weights the server filled from its own model file */
+    uint64_t local_bytes;         /* their bytes: neither read nor sent by the client */
     uint64_t bytes_out, bytes_in; /* RPC bytes since load, headers included */
     uint64_t requests;            /* RPC requests since load */
     uint64_t graphs_sent, graphs_recomputed;

@@ -396,6 +396,43 @@ int ferry_client_set_tensor_hash(struct ferry_client *c, const struct ferry_tens
     return rc;
 }
 
+/* ferry's extension: the server fills a weight from its own model file. */
+bool ferry_client_server_has_local(struct ferry_client *c) {
+    pthread_mutex_lock(&c->lock);
+    bool yes = (c->hello_flags & FERRY_RPC_HELLO_FLAG_EXT_STATS) &&
+               (c->hello_flags & FERRY_RPC_HELLO_FLAG_EXT_LOCAL);
+    pthread_mutex_unlock(&c->lock);
+    return yes;
+}
+
+int ferry_client_load_local(struct ferry_client *c, const struct ferry_tensor *t, uint64_t key,
+                            uint64_t file_offset, bool *loaded, struct ferry_error *err) {
+    ERR_OR_LOCAL(err);
+    *loaded = false;
+    pthread_mutex_lock(&c->lock);
+    int rc;
+    struct ferry_rpc_load_local q = { .key = key, .file_offset = file_offset };
+    if (!(c->hello_flags & FERRY_RPC_HELLO_FLAG_EXT_STATS) || !(c->hello_flags & FERRY_RPC_HELLO_FLAG_EXT_LOCAL)) {
+        rc = ferry_fail(err, FERRY_ERR_UNSUPPORTED, "%s: the server holds no model files (no FERRY_LOAD_LOCAL)",
+                        c->endpoint);
+    } else if ((rc = tensor_region(c, t, 0, ferry_nbytes(t), &q.tensor, err)) == FERRY_OK) {
+        uint8_t req[FERRY_RPC_FERRY_LOAD_LOCAL_SIZE], rsp[1], v = 0;
+        ferry_rpc_encode_load_local(&q, req);
+        rc = call1(c, FERRY_RPC_CMD_FERRY_LOAD_LOCAL, req, sizeof req, rsp, 1, err);
+        if (!rc) rc = ferry_rpc_decode_u8_rsp(rsp, 1, &v, err);
+        *loaded = !rc && v == 1;
+        if (*loaded) {
+            /* what was there before is gone: a remembered upload over it
+             * must not be restored after a reconnect */
+            uint64_t at = 0;
+            client_tensor_offset(t, 0, &at, NULL);
+            client_memo_drop(c, t->buffer, at, ferry_nbytes(t));
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
 int ferry_client_upload(struct ferry_client *c, const struct ferry_tensor *t, uint64_t offset,
                         const void *data, uint64_t size, bool *hit, struct ferry_error *err) {
     ERR_OR_LOCAL(err);

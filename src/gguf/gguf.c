@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "ferry/gguf.h"
+#include "util/hash.h"
 
 #define GGUF_DEFAULT_ALIGNMENT 32
 
@@ -446,4 +447,22 @@ const struct ferry_gguf_tensor_info *ferry_gguf_find_tensor(const struct ferry_g
         else hi = mid - 1;
     }
     return NULL;
+}
+
+uint64_t ferry_gguf_content_key(const struct ferry_gguf *g) {
+    const uint8_t *base = ferry_gguf_base(g);
+    const size_t head = ferry_gguf_data_offset(g), size = ferry_gguf_file_size(g);
+    uint64_t h = ferry_fnv1a64(base, head <= size ? head : size);
+    uint8_t le[8];
+    for (int i = 0; i < 8; i++) le[i] = (uint8_t)((uint64_t)size >> (8 * i));
+    h = ferry_fnv1a64_update(h, le, sizeof le);
+    for (int64_t i = 0; i < ferry_gguf_n_tensors(g); i++) {
+        const struct ferry_gguf_tensor_info *t = ferry_gguf_tensor(g, i);
+        const uint8_t *d = t->data;
+        const size_t n = t->size < 64 ? t->size : 64;
+        h = ferry_fnv1a64_update(h, d, n);
+        h = ferry_fnv1a64_update(h, d + (t->size - n) / 2, n);
+        h = ferry_fnv1a64_update(h, d + (t->size - n), n);
+    }
+    return h;
 }

@@ -45,13 +45,15 @@ struct stage {
     uint8_t *blob_host; /* remote: the inputs, packed before upload */
     size_t blob_cap;
     /* load figures */
-    uint64_t weight_bytes, uploaded_bytes;
-    uint32_t cache_hits;
+    uint64_t weight_bytes, uploaded_bytes, local_bytes;
+    uint32_t cache_hits, local_hits;
     struct ferry_client_stats stats0; /* at the end of load */
 };
 
 struct ferry_model {
     struct ferry_gguf *gguf;
+    uint64_t content_key; /* ferry_gguf_content_key, once a server holds model files */
+    bool have_content_key;
     struct ferry_vocab *vocab;
     struct llama_hparams hp;
     struct ferry_model_params params;
@@ -201,6 +203,19 @@ static int send_weight(struct ferry_model *m, struct stage *st, int i, struct fe
     struct ferry_tensor *t = &st->weights[i];
     uint64_t n = ferry_nbytes(t);
     bool hit = false;
+    /* a ferry server that holds model files may hold this one: then it
+     * fills the weight itself and the client never reads those bytes */
+    if (!m->params.no_hash_cache && ferry_client_server_has_local(st->client)) {
+        if (!m->have_content_key) m->content_key = ferry_gguf_content_key(m->gguf), m->have_content_key = true;
+        const uint64_t at = (uint64_t)((const uint8_t *)st->weight_src[i] - (const uint8_t *)ferry_gguf_base(m->gguf));
+        int rc = ferry_client_load_local(st->client, t, m->content_key, at, &hit, err);
+        if (rc) return rc;
+        if (hit) {
+            st->local_hits++;
+            st->local_bytes += n;
+            return FERRY_OK;
+        }
+    }
     int rc = m->params.no_hash_cache ? ferry_client_set_tensor(st->client, t, 0, st->weight_src[i], n, err)
                                      : ferry_client_upload(st->client, t, 0, st->weight_src[i], n, &hit, err);
     if (rc) return rc;
@@ -553,8 +568,8 @@ int ferry_model_reset(struct ferry_model *m, struct ferry_error *err) {
         if (st->client && ferry_client_is_broken(st->client)) {
             /* buffers come back at the same place_base: the placed weights stay valid */
             rc = ferry_client_reconnect(st->client, err);
-            st->uploaded_bytes = 0;
-            st->cache_hits = 0;
+            st->uploaded_bytes = st->local_bytes = 0;
+            st->cache_hits = st->local_hits = 0;
             for (int i = 0; i < st->n_weights && !rc; i++) rc = send_weight(m, st, i, err);
         }
         if (!rc && st->client && st->sw.layer_count) rc = ferry_client_buffer_clear(st->client, &st->kvbuf, 0, err);
@@ -606,6 +621,8 @@ void ferry_model_node_info(const struct ferry_model *m, int i, struct ferry_mode
     o->weight_bytes = st->weight_bytes;
     o->uploaded_bytes = st->uploaded_bytes;
     o->cache_hits = st->cache_hits;
+    o->local_hits = st->local_hits;
+    o->local_bytes = st->local_bytes;
     if (st->client) {
         struct ferry_client_stats now;
         ferry_client_get_stats(st->client, &now);

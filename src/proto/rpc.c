@@ -33,6 +33,7 @@ static const char *const cmd_names[FERRY_RPC_CMD_COUNT] = {
 
 const char *ferry_rpc_cmd_name(int cmd) {
     if (cmd == FERRY_RPC_CMD_FERRY_STATS) return "FERRY_STATS";
+    if (cmd == FERRY_RPC_CMD_FERRY_LOAD_LOCAL) return "FERRY_LOAD_LOCAL";
     return cmd >= 0 && cmd < FERRY_RPC_CMD_COUNT ? cmd_names[cmd] : "?";
 }
 
@@ -86,6 +87,12 @@ int ferry_rpc_check_request_size(uint8_t cmd, uint64_t size, uint64_t max_payloa
                               (unsigned long long)size);
         return FERRY_OK;
     }
+    if (cmd == FERRY_RPC_CMD_FERRY_LOAD_LOCAL) {
+        if (size != FERRY_RPC_FERRY_LOAD_LOCAL_SIZE)
+            return ferry_fail(err, FERRY_ERR_PROTOCOL, "FERRY_LOAD_LOCAL: request size %llu, expected %d",
+                              (unsigned long long)size, FERRY_RPC_FERRY_LOAD_LOCAL_SIZE);
+        return FERRY_OK;
+    }
     if (cmd >= FERRY_RPC_CMD_COUNT)
         return ferry_fail(err, FERRY_ERR_PROTOCOL, "unknown command %u", (unsigned)cmd);
     const struct request_size *r = &request_sizes[cmd];
@@ -129,6 +136,7 @@ enum ferry_rpc_rsp_kind ferry_rpc_response_kind(uint8_t cmd, uint64_t *size) {
     case FERRY_RPC_CMD_HELLO: n = FERRY_RPC_HELLO_RSP_SIZE; break;
     case FERRY_RPC_CMD_DEVICE_COUNT: n = 4; break;
     case FERRY_RPC_CMD_FERRY_STATS: n = FERRY_RPC_FERRY_STATS_RSP_SIZE; break;
+    case FERRY_RPC_CMD_FERRY_LOAD_LOCAL: n = 1; break;
     default: return FERRY_RPC_RSP_NONE;
     }
     if (size) *size = n;
@@ -388,6 +396,14 @@ size_t ferry_rpc_encode_set_tensor_hash(const struct ferry_rpc_set_tensor_hash *
     return FERRY_RPC_SET_TENSOR_HASH_SIZE;
 }
 
+size_t ferry_rpc_encode_load_local(const struct ferry_rpc_load_local *r,
+                                   uint8_t out[FERRY_RPC_FERRY_LOAD_LOCAL_SIZE]) {
+    ferry_rpc_tensor_encode(&r->tensor, out);
+    ferry_put_le64(out + 296, r->key);
+    ferry_put_le64(out + 304, r->file_offset);
+    return FERRY_RPC_FERRY_LOAD_LOCAL_SIZE;
+}
+
 size_t ferry_rpc_encode_get_tensor(const struct ferry_rpc_get_tensor *r,
                                    uint8_t out[FERRY_RPC_GET_TENSOR_SIZE]) {
     ferry_rpc_tensor_encode(&r->tensor, out);
@@ -433,6 +449,12 @@ int ferry_rpc_decode_request(uint8_t cmd, const uint8_t *p, size_t len,
     if (rc) return rc;
     memset(out, 0, sizeof *out);
     out->cmd = cmd;
+    if (cmd == FERRY_RPC_CMD_FERRY_LOAD_LOCAL) {
+        ferry_rpc_tensor_decode(p, &out->u.load_local.tensor);
+        out->u.load_local.key = ferry_get_le64(p + 296);
+        out->u.load_local.file_offset = ferry_get_le64(p + 304);
+        return FERRY_OK;
+    }
     switch ((enum ferry_rpc_cmd)cmd) {
     case FERRY_RPC_CMD_HELLO:
         decode_caps(p, &out->u.hello);
@@ -522,6 +544,7 @@ uint8_t ferry_rpc_hello_flags(const struct ferry_rpc_hello_ext *ext) {
     uint8_t f = FERRY_RPC_HELLO_FLAG_EXT_STATS;
     if (ext->rdma_ext) f |= FERRY_RPC_HELLO_FLAG_RDMA_EXT;
     else f |= (uint8_t)((ext->refusal & 0x0f) << FERRY_RPC_HELLO_REFUSAL_SHIFT);
+    if (ext->local) f |= FERRY_RPC_HELLO_FLAG_EXT_LOCAL;
     return f;
 }
 
@@ -531,6 +554,7 @@ struct ferry_rpc_hello_ext ferry_rpc_hello_ext_of(uint8_t flags) {
     if (e.ferry) {
         e.rdma_ext = (flags & FERRY_RPC_HELLO_FLAG_RDMA_EXT) != 0;
         e.refusal = flags >> FERRY_RPC_HELLO_REFUSAL_SHIFT;
+        e.local = (flags & FERRY_RPC_HELLO_FLAG_EXT_LOCAL) != 0;
     }
     return e;
 }
@@ -642,19 +666,4 @@ int ferry_rpc_decode_u8_rsp(const uint8_t *p, size_t len, uint8_t *v, struct fer
     if (p[0] > 1) return ferry_fail(err, FERRY_ERR_PROTOCOL, "result byte %u is not 0 or 1", p[0]);
     *v = p[0];
     return FERRY_OK;
-}
-
-/* ---- FNV-1a 64 -------------------------------------------------------------------- */
-
-uint64_t ferry_fnv1a64_update(uint64_t h, const void *data, size_t n) {
-    const uint8_t *p = data;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= FERRY_FNV1A64_PRIME;
-    }
-    return h;
-}
-
-uint64_t ferry_fnv1a64(const void *data, size_t n) {
-    return ferry_fnv1a64_update(FERRY_FNV1A64_INIT, data, n);
 }

@@ -69,6 +69,15 @@ enum ferry_rpc_cmd {
  * (FERRY_RDMA_REFUSED_*). */
 #define FERRY_RPC_HELLO_FLAG_RDMA_EXT 0x02
 #define FERRY_RPC_HELLO_REFUSAL_SHIFT 4
+/* bit 3: the server holds model files of its own and answers
+ * FERRY_LOAD_LOCAL: the tensor record (296 bytes), the model's content key
+ * (u64, ferry_gguf_content_key) and the tensor's byte offset in that file
+ * (u64); the answer is one byte, 1 when the server filled the whole tensor
+ * from its copy, 0 when it holds no such tensor (the client then sends the
+ * bytes itself). */
+#define FERRY_RPC_HELLO_FLAG_EXT_LOCAL 0x08
+#define FERRY_RPC_CMD_FERRY_LOAD_LOCAL 65
+#define FERRY_RPC_FERRY_LOAD_LOCAL_SIZE 312
 #define FERRY_RPC_FERRY_STATS_RSP_SIZE 48
 
 #define FERRY_RPC_TENSOR_SIZE 296   /* one serialized rpc_tensor */
@@ -225,6 +234,10 @@ struct ferry_rpc_set_tensor_hash {
     uint64_t offset;
     uint64_t hash;
 };
+struct ferry_rpc_load_local {
+    struct ferry_rpc_tensor tensor;
+    uint64_t key, file_offset;
+};
 struct ferry_rpc_get_tensor {
     struct ferry_rpc_tensor tensor;
     uint64_t offset;
@@ -270,6 +283,7 @@ struct ferry_rpc_request {
         struct ferry_rpc_buffer_clear buffer_clear;
         struct ferry_rpc_set_tensor set_tensor;
         struct ferry_rpc_set_tensor_hash set_tensor_hash;
+        struct ferry_rpc_load_local load_local;
         struct ferry_rpc_get_tensor get_tensor;
         struct ferry_rpc_copy_tensor copy_tensor;
         struct ferry_rpc_tensor init_tensor;
@@ -298,6 +312,8 @@ size_t ferry_rpc_encode_set_tensor_header(const struct ferry_rpc_tensor *t, uint
                                           uint8_t out[FERRY_RPC_SET_TENSOR_HEADER_SIZE]);
 size_t ferry_rpc_encode_set_tensor_hash(const struct ferry_rpc_set_tensor_hash *r,
                                         uint8_t out[FERRY_RPC_SET_TENSOR_HASH_SIZE]);
+size_t ferry_rpc_encode_load_local(const struct ferry_rpc_load_local *r,
+                                   uint8_t out[FERRY_RPC_FERRY_LOAD_LOCAL_SIZE]);
 size_t ferry_rpc_encode_get_tensor(const struct ferry_rpc_get_tensor *r,
                                    uint8_t out[FERRY_RPC_GET_TENSOR_SIZE]);
 size_t ferry_rpc_encode_copy_tensor(const struct ferry_rpc_copy_tensor *r,
@@ -325,6 +341,7 @@ void ferry_rpc_hello_rsp_init(struct ferry_rpc_hello_rsp *r, const struct ferry_
 struct ferry_rpc_hello_ext {
     bool ferry;    /* a ferry server: FERRY_STATS and the extensions exist */
     bool rdma_ext; /* ferry's RDMA framing is on offer */
+    bool local;    /* FERRY_LOAD_LOCAL: the server holds model files */
     int refusal;   /* why the server refused RDMA, 0 if it did not */
 };
 uint8_t ferry_rpc_hello_flags(const struct ferry_rpc_hello_ext *ext);
@@ -355,13 +372,8 @@ int ferry_rpc_decode_u32_rsp(const uint8_t *p, size_t len, uint32_t *v, struct f
 /* u8 answers: SET_TENSOR_HASH and COPY_TENSOR results (0 or 1). */
 int ferry_rpc_decode_u8_rsp(const uint8_t *p, size_t len, uint8_t *v, struct ferry_error *err);
 
-/* ---- FNV-1a 64 (SET_TENSOR_HASH, cache file names) -------------------------- */
-
-#define FERRY_FNV1A64_INIT 0xcbf29ce484222325ull
-#define FERRY_FNV1A64_PRIME 0x100000001b3ull
-/* Incremental: h = ferry_fnv1a64_update(FERRY_FNV1A64_INIT, chunk...) as data streams in. */
-uint64_t ferry_fnv1a64_update(uint64_t h, const void *data, size_t n);
-uint64_t ferry_fnv1a64(const void *data, size_t n);
+/* FNV-1a 64 (SET_TENSOR_HASH, cache file names): util/hash.h */
+#include "util/hash.h"
 
 /* ---- GRAPH_COMPUTE payload (docs/rpc-protocol.md section 6; graph.c) ------- */
 

@@ -312,6 +312,25 @@ static int do_ferry_stats(struct conn_state *st, struct ferry_error *err) {
     return respond(st, out, sizeof out, err);
 }
 
+/* ferry's extension: a tensor filled from the server's own copy of the
+ * client's model file (docs/protocol-extensions.md). Only a whole indexed
+ * tensor, into a destination whose extent the resolver accepts; 0 when the
+ * server holds no such tensor. */
+static int do_load_local(struct conn_state *st, const struct ferry_rpc_load_local *r, struct ferry_error *err) {
+    uint8_t result = 0;
+    if (st->s->local) {
+        struct ferry_tensor t;
+        size_t n = 0;
+        int rc = ferry_rpc_tensor_describe(&r->tensor, &t, &n, err);
+        if (rc) return rc;
+        void *host = NULL;
+        rc = ferry_rpc_resolve_region(&r->tensor, 0, n, buffers_resolve, &st->buffers, &host, err);
+        if (rc) return rc;
+        result = ferry_local_weights_load_at(st->s->local, r->key, r->file_offset, host, n) == FERRY_OK;
+    }
+    return respond(st, &result, 1, err);
+}
+
 /* Fixed-size commands: the payload is already in `p`. */
 static int dispatch_fixed(struct conn_state *st, uint8_t cmd, const uint8_t *p, size_t len,
                           struct ferry_error *err) {
@@ -364,6 +383,7 @@ static int dispatch_fixed(struct conn_state *st, uint8_t cmd, const uint8_t *p, 
     case FERRY_RPC_CMD_GRAPH_RECOMPUTE: return do_graph_recompute(st, req.u.device, err);
     case FERRY_RPC_CMD_MEMSET_TENSOR: return do_memset_tensor(st, &req.u.memset_tensor, err);
     case FERRY_RPC_CMD_FERRY_STATS: return do_ferry_stats(st, err);
+    case FERRY_RPC_CMD_FERRY_LOAD_LOCAL: return do_load_local(st, &req.u.load_local, err);
     default: return ferry_fail(err, FERRY_ERR_PROTOCOL, "unknown command %u", cmd);
     }
 }
@@ -380,7 +400,8 @@ static int serve_one(struct conn_state *st, struct ferry_error *err) {
     uint8_t cmd;
     uint64_t size;
     ferry_rpc_decode_frame_header(hdr, &cmd, &size);
-    if (cmd == FERRY_RPC_CMD_FERRY_STATS && st->s->cfg.no_ferry_ext) /* as ggml would */
+    if ((cmd == FERRY_RPC_CMD_FERRY_STATS || cmd == FERRY_RPC_CMD_FERRY_LOAD_LOCAL) &&
+        st->s->cfg.no_ferry_ext) /* as ggml would */
         return ferry_fail(err, FERRY_ERR_PROTOCOL, "unknown command %u", cmd);
     rc = ferry_rpc_check_request_size(cmd, size, st->s->cfg.max_payload, err);
     if (rc) return rc;
@@ -446,6 +467,7 @@ static int hello(struct conn_state *st, struct ferry_error *err) {
         ext.ferry = true;
         ext.rdma_ext = rsp.caps.qpn != 0;
         if (!ext.rdma_ext && client.u.hello.qpn != 0) ext.refusal = ferry_conn_rdma_refusal(st->c);
+        ext.local = st->s->local != NULL;
     }
     rsp.flags = ferry_rpc_hello_flags(&ext);
     uint8_t out[FERRY_RPC_HELLO_RSP_SIZE];

@@ -20,13 +20,14 @@
 #include "ferry/log.h"
 #include "proto/rpc.h"
 
-#define INDEX_MAGIC "ferry-local-index 1"
+#define INDEX_MAGIC "ferry-local-index 2"
 #define IO_CHUNK (8u << 20)
 
 struct lw_file {
     char *path;
     int fd;
     uint64_t dev, ino, size, mtime_ns, ctime_ns; /* at open */
+    uint64_t key;                                /* ferry_gguf_content_key */
     bool gone;                                   /* changed since: never read again */
 };
 
@@ -79,7 +80,7 @@ static int add_file(struct ferry_local_weights *lw, const char *path, struct fer
     }
     lw->files = files;
     lw->files[lw->n_files++] = (struct lw_file){ copy, fd, (uint64_t)st.st_dev, (uint64_t)st.st_ino,
-                                                 (uint64_t)st.st_size, ns_of(st.st_mtim), ns_of(st.st_ctim), false };
+                                                 (uint64_t)st.st_size, ns_of(st.st_mtim), ns_of(st.st_ctim), 0, false };
     return FERRY_OK;
 }
 
@@ -135,7 +136,7 @@ static void index_path(const char *dir, const struct lw_file *f, char *out, size
 /* The entries saved for f, if the index is f's as it is now (path, size,
  * mtime, inode) and every entry lies inside the file. */
 static bool index_read(struct ferry_local_weights *lw, const char *dir, uint32_t fi) {
-    const struct lw_file *f = &lw->files[fi];
+    struct lw_file *f = &lw->files[fi];
     char path[PATH_MAX + 64], line[PATH_MAX + 64];
     index_path(dir, f, path, sizeof path);
     FILE *in = fopen(path, "r");
@@ -144,7 +145,8 @@ static bool index_read(struct ferry_local_weights *lw, const char *dir, uint32_t
     bool ok = fgets(line, sizeof line, in) && strcmp(line, INDEX_MAGIC "\n") == 0;
     uint64_t dev, ino, size, mtime;
     ok = ok && fgets(line, sizeof line, in) &&
-         sscanf(line, "%" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64, &dev, &ino, &size, &mtime) == 4 &&
+         sscanf(line, "%" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNx64, &dev, &ino, &size, &mtime,
+                &f->key) == 5 &&
          dev == f->dev && ino == f->ino && size == f->size && mtime == f->mtime_ns;
     ok = ok && fgets(line, sizeof line, in) && strlen(line) == strlen(f->path) + 1 &&
          strncmp(line, f->path, strlen(f->path)) == 0;
@@ -171,8 +173,8 @@ static void index_write(const struct ferry_local_weights *lw, const char *dir, u
         ferry_log_warn("model index %s: %s (the file will be hashed again next start)", tmp, strerror(errno));
         return;
     }
-    fprintf(out, INDEX_MAGIC "\n%" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 "\n%s\n", f->dev, f->ino, f->size,
-            f->mtime_ns, f->path);
+    fprintf(out, INDEX_MAGIC "\n%" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %016" PRIx64 "\n%s\n", f->dev,
+            f->ino, f->size, f->mtime_ns, f->key, f->path);
     for (size_t i = first; i < end; i++)
         fprintf(out, "%016" PRIx64 " %" PRIu64 " %" PRIu64 "\n", lw->v[i].hash, lw->v[i].offset, lw->v[i].size);
     if (fclose(out) != 0 || rename(tmp, path) != 0) {
@@ -305,6 +307,7 @@ int ferry_local_weights_open(const char *const *paths, int n_paths, const char *
         rc = ferry_gguf_open(lw->files[fi].path, &parsed[fi], err);
         if (rc) break;
         const struct ferry_gguf *g = parsed[fi];
+        lw->files[fi].key = ferry_gguf_content_key(g);
         if (ferry_gguf_file_size(g) != lw->files[fi].size) {
             rc = ferry_fail(err, FERRY_ERR_IO, "model %s changed while it was opened", lw->files[fi].path);
             break;
@@ -392,19 +395,14 @@ static bool unchanged(const struct lw_file *f) {
            (uint64_t)st.st_size == f->size && ns_of(st.st_mtim) == f->mtime_ns && ns_of(st.st_ctim) == f->ctime_ns;
 }
 
-int ferry_local_weights_load(struct ferry_local_weights *lw, uint64_t hash, void *dst, uint64_t n) {
-    pthread_mutex_lock(&lw->lock);
-    const struct lw_entry *e = find(lw, hash);
-    struct lw_entry entry = e ? *e : (struct lw_entry){ 0 };
-    struct lw_file *f = e ? &lw->files[e->file] : NULL;
-    pthread_mutex_unlock(&lw->lock);
-    if (f == NULL || entry.size != n) return FERRY_ERR_INVALID;
-    /* checked before and after the read: a write to the file in between
-     * shows as a new mtime/ctime, and the bytes read are not used */
+/* Reads entry (of file f) into dst, checking f before and after: a write
+ * to the file in between shows as a new mtime/ctime, and the bytes read
+ * are not used. A failure retires the file. */
+static int read_entry(struct ferry_local_weights *lw, struct lw_file *f, struct lw_entry entry, void *dst) {
     bool ok = unchanged(f);
     uint8_t *p = dst;
-    for (uint64_t done = 0; ok && done < n;) {
-        const size_t want = n - done > IO_CHUNK ? IO_CHUNK : (size_t)(n - done);
+    for (uint64_t done = 0; ok && done < entry.size;) {
+        const size_t want = entry.size - done > IO_CHUNK ? IO_CHUNK : (size_t)(entry.size - done);
         ssize_t r = pread(f->fd, p + done, want, (off_t)(entry.offset + done));
         if (r < 0 && errno == EINTR) continue;
         ok = r > 0;
@@ -414,7 +412,7 @@ int ferry_local_weights_load(struct ferry_local_weights *lw, uint64_t hash, void
     pthread_mutex_lock(&lw->lock);
     if (ok) {
         lw->stats.hits++;
-        lw->stats.bytes_served += n;
+        lw->stats.bytes_served += entry.size;
     } else if (!f->gone) {
         f->gone = true;
         ferry_log_warn("model %s changed or became unreadable since it was indexed: its tensors are no longer "
@@ -423,6 +421,46 @@ int ferry_local_weights_load(struct ferry_local_weights *lw, uint64_t hash, void
     }
     pthread_mutex_unlock(&lw->lock);
     return ok ? FERRY_OK : FERRY_ERR_INVALID;
+}
+
+int ferry_local_weights_load(struct ferry_local_weights *lw, uint64_t hash, void *dst, uint64_t n) {
+    pthread_mutex_lock(&lw->lock);
+    const struct lw_entry *e = find(lw, hash);
+    struct lw_entry entry = e ? *e : (struct lw_entry){ 0 };
+    struct lw_file *f = e ? &lw->files[e->file] : NULL;
+    pthread_mutex_unlock(&lw->lock);
+    if (f == NULL || entry.size != n) return FERRY_ERR_INVALID;
+    return read_entry(lw, f, entry, dst);
+}
+
+static struct lw_file *file_of_key(struct ferry_local_weights *lw, uint64_t key, uint32_t *fi) {
+    for (uint32_t i = 0; i < lw->n_files; i++)
+        if (lw->files[i].key == key && !lw->files[i].gone) {
+            *fi = i;
+            return &lw->files[i];
+        }
+    return NULL;
+}
+
+bool ferry_local_weights_has_model(struct ferry_local_weights *lw, uint64_t key) {
+    uint32_t fi;
+    pthread_mutex_lock(&lw->lock);
+    bool has = file_of_key(lw, key, &fi) != NULL;
+    pthread_mutex_unlock(&lw->lock);
+    return has;
+}
+
+int ferry_local_weights_load_at(struct ferry_local_weights *lw, uint64_t key, uint64_t offset, void *dst,
+                                uint64_t n) {
+    pthread_mutex_lock(&lw->lock);
+    uint32_t fi = 0;
+    struct lw_file *f = file_of_key(lw, key, &fi);
+    struct lw_entry entry = { 0 };
+    bool found = false;
+    for (size_t i = 0; f && i < lw->n && !found; i++)
+        if (lw->v[i].file == fi && lw->v[i].offset == offset && lw->v[i].size == n) entry = lw->v[i], found = true;
+    pthread_mutex_unlock(&lw->lock);
+    return found ? read_entry(lw, f, entry, dst) : FERRY_ERR_INVALID;
 }
 
 void ferry_local_weights_get_stats(struct ferry_local_weights *lw, struct ferry_local_weights_stats *out) {
