@@ -92,7 +92,13 @@ done
 export PKG_CONFIG_PATH=$lib/pkgconfig
 if command -v pkg-config >/dev/null; then
     check "pkg-config --modversion ferry = $version" test "$(pkg-config --modversion ferry)" = "$version"
-    check "pkg-config --libs ferry = -L$lib -lferry" test "$(pkg-config --libs ferry | xargs)" = "-L$lib -lferry"
+    libs=$(pkg-config --libs ferry | xargs)
+    if [ "$shared" = ON ]; then
+        check "pkg-config --libs ferry = -L$lib -lferry ($libs)" test "$libs" = "-L$lib -lferry"
+    else # -lferry is libferry.a: what it needs follows
+        check "pkg-config --libs ferry = -L$lib -lferry -lpthread -lm... ($libs)" \
+            grep -q -- "^-L$lib -lferry -lpthread -lm" <<<"$libs"
+    fi
     static_libs=$(pkg-config --static --libs ferry)
     check "pkg-config --static --libs ferry has -lpthread -lm ($static_libs)" \
         grep -q -- '-lpthread.*-lm' <<<"$static_libs"
