@@ -473,6 +473,7 @@ static void test_cache(struct ferry_server *s, const char *dir) {
 
     CHECK(set_tensor_hash(a, &ta, hash[0]) == 0, "SET_TENSOR_HASH misses on an empty cache");
     CHECK(set_tensor(a, &ta, 0, d[0], n) == FERRY_OK && device_count(a) == 1, "large SET_TENSOR");
+    ferry_server_cache_flush(s);
     uint64_t fsize = 0;
     CHECK(file_exists(dir, hash[0], &fsize) && fsize == n, "the cache file is named by FNV-1a");
 
@@ -499,18 +500,33 @@ static void test_cache(struct ferry_server *s, const char *dir) {
     CHECK(get_tensor(b, &tb, 0, back, n) == FERRY_OK && back[7] == mark && back[12345] == d[0][12345] &&
               !memcmp(back + 8, d[0] + 8, n - 8), "a corrupt cache file never reaches tensor memory");
 
-    /* LRU bound (30 MiB): store 1 and 2, touch 1, store 3: 2 goes */
+    /* only what a missed probe asked for is stored: not a SET_TENSOR on
+     * its own (an activation), nor one of another region than the probe's */
     set_tensor(a, &ta, 0, d[1], n);
-    set_tensor(a, &ta, 0, d[2], n);
+    CHECK(set_tensor_hash(a, &ta, hash[2]) == 0, "probe for d2");
+    set_tensor(a, &ta, 0, d[1], 4096); /* the same start, other bytes: hash check refuses */
+    CHECK(device_count(a) == 1, "unprobed and mismatched stores");
+    ferry_server_cache_flush(s);
+    CHECK(!file_exists(dir, hash[1], NULL) && !file_exists(dir, hash[2], NULL),
+          "a SET_TENSOR without a probe, or not matching its probe's hash, is not cached");
+
+    /* LRU bound (30 MiB): store 1 and 2, touch 1, store 3: 2 goes */
+    for (int k = 1; k <= 2; k++) {
+        CHECK(set_tensor_hash(a, &ta, hash[k]) == 0, "probe %d misses", k);
+        set_tensor(a, &ta, 0, d[k], n);
+    }
     CHECK(device_count(a) == 1, "two more stores");
+    ferry_server_cache_flush(s);
     CHECK(set_tensor_hash(b, &tb, hash[1]) == 1, "hit on the first of them");
+    CHECK(set_tensor_hash(a, &ta, hash[3]) == 0, "probe 3 misses");
     set_tensor(a, &ta, 0, d[3], n);
     CHECK(device_count(a) == 1, "a third store");
+    ferry_server_cache_flush(s);
     CHECK(file_exists(dir, hash[1], NULL) && file_exists(dir, hash[3], NULL) && !file_exists(dir, hash[2], NULL),
           "the least recently used file was evicted");
     struct ferry_server_stats st;
     ferry_server_get_stats(s, &st);
-    CHECK(st.cache_hits == 2 && st.cache_misses == 2 && st.cache_files == 2 && st.cache_bytes == 2 * n,
+    CHECK(st.cache_hits == 2 && st.cache_misses == 6 && st.cache_files == 2 && st.cache_bytes == 2 * n,
           "cache stats: %" PRIu64 " hits, %" PRIu64 " misses, %" PRIu64 " files, %" PRIu64 " bytes",
           st.cache_hits, st.cache_misses, st.cache_files, st.cache_bytes);
     free(back);

@@ -56,6 +56,12 @@ struct ferry_client_options {
                                 the one whose GID is our TCP source address */
     const char *rdma_ip;     /* use the GID of this IPv4 address; NULL:
                                 $FERRY_RDMA_IP or the TCP source address */
+    uint64_t hash_min_size;  /* ferry_client_upload probes uploads of at least
+                                this many bytes by hash first; 0 (default):
+                                above FERRY_CLIENT_HASH_MIN_SIZE with a ggml
+                                server (what ggml's client does), every
+                                upload with a ferry server (which caches what
+                                was probed, whatever its size) */
 };
 
 #ifndef FERRY_TRANSPORT_AUTO
@@ -186,9 +192,11 @@ int ferry_client_set_tensor(struct ferry_client *c, const struct ferry_tensor *t
 int ferry_client_set_tensor_hash(struct ferry_client *c, const struct ferry_tensor *t,
                                  uint64_t offset, const void *data, uint64_t size, bool *hit,
                                  struct ferry_error *err);
-/* What ggml's client does: above FERRY_CLIENT_HASH_MIN_SIZE probe the
- * hash first, send the data on a miss, and remember the upload for
- * ferry_client_restore(); smaller ones are one SET_TENSOR. hit may be NULL. */
+/* What ggml's client does: from the options' hash_min_size on (by default
+ * above FERRY_CLIENT_HASH_MIN_SIZE for a ggml server, everything for a
+ * ferry server) probe the hash first, send the data on a miss, and remember
+ * the upload for ferry_client_restore(); smaller ones are one SET_TENSOR.
+ * Use it for weights: the server caches what was probed. hit may be NULL. */
 int ferry_client_upload(struct ferry_client *c, const struct ferry_tensor *t, uint64_t offset,
                         const void *data, uint64_t size, bool *hit, struct ferry_error *err);
 /* GET_TENSOR: the response lands straight in data. */

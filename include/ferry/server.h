@@ -77,6 +77,9 @@ struct ferry_server_stats {
     uint64_t cpu_user_ns, cpu_sys_ns; /* the server process's CPU time */
 };
 void ferry_server_get_stats(struct ferry_server *s, struct ferry_server_stats *out);
+/* Waits until the tensor cache's queued writes are on disk (they run on a
+ * writer thread, off the connections); no-op without a cache. */
+void ferry_server_cache_flush(struct ferry_server *s);
 
 #ifdef __cplusplus
 }

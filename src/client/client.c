@@ -437,7 +437,12 @@ int ferry_client_upload(struct ferry_client *c, const struct ferry_tensor *t, ui
                         const void *data, uint64_t size, bool *hit, struct ferry_error *err) {
     ERR_OR_LOCAL(err);
     bool cached = false;
-    if (size <= FERRY_CLIENT_HASH_MIN_SIZE) {
+    pthread_mutex_lock(&c->lock);
+    const uint64_t min = c->opts.hash_min_size               ? c->opts.hash_min_size
+                         : c->hello_flags & FERRY_RPC_HELLO_FLAG_EXT_STATS ? 1
+                                                                         : FERRY_CLIENT_HASH_MIN_SIZE + 1;
+    pthread_mutex_unlock(&c->lock);
+    if (size < min) {
         if (hit) *hit = false;
         return ferry_client_set_tensor(c, t, offset, data, size, err);
     }

@@ -37,8 +37,27 @@ struct cache_entry {
     struct file_id id;
 };
 
+/* A store waiting for the writer thread: its own copy of the bytes. */
+struct pending_store {
+    uint64_t hash, size;
+    uint8_t *data;
+    struct pending_store *next;
+};
+
+/* Bytes a writer queue may hold: beyond it a store is skipped (the client
+ * sends that tensor again next time, nothing else is lost). */
+#define MAX_PENDING_BYTES (1ull << 30)
+
 struct ferry_cache {
     char *dir;
+    /* the writer: stores off the connection threads */
+    pthread_t writer;
+    bool writer_started, writer_stop;
+    pthread_cond_t work, idle;
+    struct pending_store *queue, **queue_tail;
+    uint64_t pending_bytes;
+    bool writing;
+    uint64_t skipped, bad_hashes;
     bool verdicts_dirty; /* the verdict file lags the index */
     uint64_t verdicts_written_ns;
     uint64_t max_bytes;
@@ -193,6 +212,8 @@ static void verdicts_write(struct ferry_cache *c, bool now) {
     else unlink(tmp);
 }
 
+static void *writer_main(void *arg);
+
 int ferry_cache_open(const char *dir, uint64_t max_bytes, struct ferry_cache **out,
                      struct ferry_error *err) {
     *out = NULL;
@@ -208,6 +229,9 @@ int ferry_cache_open(const char *dir, uint64_t max_bytes, struct ferry_cache **o
     }
     c->max_bytes = max_bytes;
     pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->work, NULL);
+    pthread_cond_init(&c->idle, NULL);
+    c->queue_tail = &c->queue;
     struct dirent *de;
     char path[4096];
     while ((de = readdir(d)) != NULL) {
@@ -229,12 +253,87 @@ int ferry_cache_open(const char *dir, uint64_t max_bytes, struct ferry_cache **o
     for (size_t i = 0; i < c->n; i++) c->v[i].last_use = ++c->clock;
     verdicts_read(c);
     evict(c, 0);
+    c->writer_started = pthread_create(&c->writer, NULL, writer_main, c) == 0;
+    if (!c->writer_started) ferry_log_warn("cache: no writer thread; stores will be skipped");
     *out = c;
     return FERRY_OK;
 }
 
+/* The writer: takes queued stores in order, checks that the bytes hash to
+ * the name the client gave them (a client could lie), and writes them. */
+static void *writer_main(void *arg) {
+    struct ferry_cache *c = arg;
+    pthread_mutex_lock(&c->lock);
+    for (;;) {
+        while (c->queue == NULL && !c->writer_stop) pthread_cond_wait(&c->work, &c->lock);
+        if (c->queue == NULL) break; /* stop, and nothing left */
+        struct pending_store *p = c->queue;
+        c->queue = p->next;
+        if (c->queue == NULL) c->queue_tail = &c->queue;
+        c->writing = true;
+        pthread_mutex_unlock(&c->lock);
+        struct ferry_error err;
+        if (ferry_fnv1a64(p->data, (size_t)p->size) != p->hash) {
+            ferry_log_warn("cache: bytes sent after a probe for %016" PRIx64 " do not hash to it; not stored", p->hash);
+            pthread_mutex_lock(&c->lock);
+            c->bad_hashes++;
+            pthread_mutex_unlock(&c->lock);
+        } else if (ferry_cache_store(c, p->hash, p->data, p->size, &err) != FERRY_OK) {
+            ferry_log_warn("%s", err.msg);
+        }
+        pthread_mutex_lock(&c->lock);
+        c->pending_bytes -= p->size;
+        c->writing = false;
+        free(p->data);
+        free(p);
+        if (c->queue == NULL) pthread_cond_broadcast(&c->idle);
+    }
+    pthread_mutex_unlock(&c->lock);
+    return NULL;
+}
+
+bool ferry_cache_store_async(struct ferry_cache *c, uint64_t hash, const void *data, uint64_t n) {
+    if (n == 0 || n > c->max_bytes || n > MAX_PENDING_BYTES) return false;
+    pthread_mutex_lock(&c->lock);
+    bool known = find(c, hash) != NULL, room = c->writer_started && c->pending_bytes + n <= MAX_PENDING_BYTES;
+    if (!room && !known) c->skipped++;
+    pthread_mutex_unlock(&c->lock);
+    if (known || !room) return known;
+    struct pending_store *p = malloc(sizeof *p);
+    uint8_t *copy = malloc((size_t)n);
+    if (p == NULL || copy == NULL) {
+        free(p), free(copy);
+        return false;
+    }
+    memcpy(copy, data, (size_t)n); /* the tensor may change before the writer gets to it */
+    *p = (struct pending_store){ hash, n, copy, NULL };
+    pthread_mutex_lock(&c->lock);
+    *c->queue_tail = p;
+    c->queue_tail = &p->next;
+    c->pending_bytes += n;
+    pthread_cond_signal(&c->work);
+    pthread_mutex_unlock(&c->lock);
+    return true;
+}
+
+void ferry_cache_flush(struct ferry_cache *c) {
+    pthread_mutex_lock(&c->lock);
+    while (c->queue != NULL || c->writing) pthread_cond_wait(&c->idle, &c->lock);
+    pthread_mutex_unlock(&c->lock);
+}
+
 void ferry_cache_close(struct ferry_cache *c) {
     if (c == NULL) return;
+    if (c->writer_started) {
+        /* queued stores are finished: they are tensors a client sent us */
+        pthread_mutex_lock(&c->lock);
+        c->writer_stop = true;
+        pthread_cond_signal(&c->work);
+        pthread_mutex_unlock(&c->lock);
+        pthread_join(c->writer, NULL);
+    }
+    pthread_cond_destroy(&c->work);
+    pthread_cond_destroy(&c->idle);
     verdicts_write(c, true);
     pthread_mutex_destroy(&c->lock);
     free(c->v);
@@ -399,6 +498,9 @@ void ferry_cache_get_stats(struct ferry_cache *c, struct ferry_cache_stats *out)
     out->files = c->n;
     out->bytes = c->total;
     out->rehashes = c->rehashes;
+    out->pending_bytes = c->pending_bytes;
+    out->skipped = c->skipped;
+    out->bad_hashes = c->bad_hashes;
     pthread_mutex_unlock(&c->lock);
 }
 

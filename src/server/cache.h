@@ -16,19 +16,26 @@
 #ifndef FERRY_SERVER_CACHE_H
 #define FERRY_SERVER_CACHE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "ferry/error.h"
 
-/* SET_TENSOR payloads strictly larger than this are stored (ggml's rule). */
-#define FERRY_CACHE_MIN_SIZE (10ull * 1024 * 1024)
+/* What is stored: the bytes of a SET_TENSOR that follows a missed
+ * SET_TENSOR_HASH for the same region on the same connection. The client's
+ * probe marks what it wants cached (its weights: ggml's client probes
+ * above 10 MiB, ferry's client every weight), and nothing it did not probe,
+ * such as activations, is ever written to disk. */
 
 struct ferry_cache;
 
 struct ferry_cache_stats {
     uint64_t hits, misses, files, bytes;
     uint64_t rehashes; /* loads that re-hashed a file not verified since it last changed */
+    uint64_t pending_bytes; /* queued for the writer */
+    uint64_t skipped;       /* async stores dropped: the queue was full */
+    uint64_t bad_hashes;    /* async stores whose bytes did not hash to their name */
 };
 
 /* Creates the directory (and parents) if needed and indexes its files. */
@@ -46,7 +53,15 @@ int64_t ferry_cache_lookup(struct ferry_cache *c, uint64_t hash);
 int ferry_cache_load(struct ferry_cache *c, uint64_t hash, void *dst, uint64_t n);
 /* Counts a miss that lookup reported. */
 void ferry_cache_note_miss(struct ferry_cache *c);
-/* Stores n bytes under hash (atomically), then evicts down to the bound. */
+/* Queues a copy of n bytes for the cache's writer thread, which checks
+ * that they hash to hash, then stores them; the connection thread only
+ * copies. False when not queued (already cached: true; the queue holds
+ * too much: skipped and counted). */
+bool ferry_cache_store_async(struct ferry_cache *c, uint64_t hash, const void *data, uint64_t n);
+/* Waits until the writer has nothing queued or in hand (tests, benches). */
+void ferry_cache_flush(struct ferry_cache *c);
+/* Stores n bytes under hash (atomically), then evicts down to the bound.
+ * The caller vouches that the bytes hash to it. */
 int ferry_cache_store(struct ferry_cache *c, uint64_t hash, const void *data, uint64_t n,
                       struct ferry_error *err);
 

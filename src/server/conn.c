@@ -30,6 +30,13 @@ struct conn_state {
     uint64_t counted_in, counted_out; /* transport bytes already added to server stats */
     bool hung_up; /* the client closed between requests: the normal end */
     bool reg_warned; /* a buffer could not be registered for RDMA (said once) */
+    /* the last SET_TENSOR_HASH that missed: a SET_TENSOR of exactly that
+     * region next is what the client wants cached (server/cache.h) */
+    struct {
+        bool valid;
+        void *host; /* where the probed region starts */
+        uint64_t hash;
+    } probe;
 };
 
 static void account(struct conn_state *st) {
@@ -159,12 +166,11 @@ static int do_set_tensor(struct conn_state *st, uint64_t size, struct ferry_erro
     if (rc) return rc;
     rc = ferry_conn_recv_payload(st->c, host, (size_t)n, err); /* straight into the tensor */
     if (rc) return rc;
-    if (st->s->cache && n > FERRY_CACHE_MIN_SIZE) {
-        struct ferry_error cerr;
-        uint64_t hash = ferry_fnv1a64(host, (size_t)n);
-        if (ferry_cache_store(st->s->cache, hash, host, n, &cerr) != FERRY_OK)
-            ferry_log_warn("%s", cerr.msg); /* the data landed; only caching failed */
-    }
+    /* the bytes a missed probe asked for: copied to the cache's writer,
+     * which checks their hash and writes them off this thread */
+    if (st->s->cache && st->probe.valid && st->probe.host == host)
+        ferry_cache_store_async(st->s->cache, st->probe.hash, host, n);
+    st->probe.valid = false;
     return FERRY_OK;
 }
 
@@ -192,6 +198,23 @@ static int do_set_tensor_hash(struct conn_state *st, const struct ferry_rpc_set_
                                               &st->buffers, &host, err);
             if (rc) return rc;
             result = ferry_cache_load(cache, r->hash, host, (uint64_t)n) == FERRY_OK;
+        }
+    }
+    st->probe.valid = false;
+    if (!result && cache) {
+        /* remember the region the client will send next: the probe's
+         * extent must itself be valid (the SET_TENSOR that follows is
+         * checked again on its own) */
+        struct ferry_tensor t;
+        size_t size = 0;
+        void *host = NULL;
+        struct ferry_error ignored;
+        if (ferry_rpc_tensor_describe(&r->tensor, &t, &size, &ignored) == FERRY_OK && size > r->offset &&
+            ferry_rpc_resolve_region(&r->tensor, r->offset, size - r->offset, buffers_resolve, &st->buffers, &host,
+                                     &ignored) == FERRY_OK) {
+            st->probe.valid = true;
+            st->probe.host = host;
+            st->probe.hash = r->hash;
         }
     }
     return respond(st, &result, 1, err);

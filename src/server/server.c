@@ -291,3 +291,7 @@ void ferry_server_get_stats(struct ferry_server *s, struct ferry_server_stats *o
         out->cpu_sys_ns = tv_ns(ru.ru_stime);
     }
 }
+
+void ferry_server_cache_flush(struct ferry_server *s) {
+    if (s->cache) ferry_cache_flush(s->cache);
+}
