@@ -17,6 +17,7 @@
 
 static const char *bin;
 static char tmpdir[256], model[512];
+static char srcdir[512]; /* the project's root, for its scripts */
 
 /* Runs `ferry ARGS` (through sh, bounded by timeout(1)) with stdout and
  * stderr into out, or only stdout when stdout_only; returns the exit code
@@ -299,8 +300,70 @@ static void test_output(void) {
     CHECK(rc == 0 && strstr(out, "bench model: pp8 run 1/1"), "bench model progress on stderr (rc %d): %s", rc, out);
 }
 
-int main(void) {
+/* bench rpc against a ferry serve of this test (loopback, any free port):
+ * user output without internal targets; --net none measures the server alone. */
+static void test_bench_rpc(void) {
+    static char out[65536];
+    char log[600], args[1024];
+    snprintf(log, sizeof log, "%s/serve.log", tmpdir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(fd, 2);
+        execl(bin, bin, "serve", "-p", "0", "-t", "1", (char *)NULL);
+        _exit(127);
+    }
+    int port = 0;
+    for (int i = 0; i < 1000 && port == 0; i++) { /* 10 s at most */
+        nanosleep(&(struct timespec){ 0, 10000000 }, NULL);
+        FILE *f = fopen(log, "r");
+        char line[256];
+        while (f && fgets(line, sizeof line, f))
+            if (sscanf(line, "  endpoint   : 127.0.0.1:%d", &port) == 1) break;
+        if (f) fclose(f);
+    }
+    if (CHECK(port > 0, "ferry serve -p 0 started")) {
+        snprintf(args, sizeof args, "bench rpc --rpc 127.0.0.1:%d --quick --max-size 64K --iterations 20", port);
+        int rc = run_ferry(args, out, sizeof out);
+        CHECK(rc == 0 && strstr(out, "GET_ALIGNMENT") && strstr(out, "bare TCP ping-pong 13/16 B ") &&
+                  !strstr(out, "acceptance") && !strstr(out, "target") && strstr(out, "bench: [1/"),
+              "bench rpc: the table without internal targets, progress on stderr (rc %d): %s", rc, out);
+        snprintf(args, sizeof args, "bench rpc --rpc 127.0.0.1:%d --net none --quick --max-size 4K --iterations 20 "
+                 "--quiet", port);
+        rc = run_ferry(args, out, sizeof out);
+        CHECK(rc == 0 && strstr(out, "no bare TCP comparison") && strstr(out, "n/a (no bare link)") &&
+                  strstr(out, "GET_ALIGNMENT "),
+              "bench rpc --net none: the server alone, said so (rc %d): %s", rc, out);
+        /* the scripts refuse a taken port before doing anything */
+        const char *scripts[][2] = { { "scripts/setup.sh", "FERRY_DEMO_PORT" },
+                                     { "bench/model-split.sh 1M 1", "FERRY_BENCH_PORT" } };
+        for (int k = 0; k < 2 && srcdir[0]; k++) {
+            char cmd[2048];
+            snprintf(cmd, sizeof cmd, "cd %s && %s=%d timeout 60 bash %s 2>&1 </dev/null", srcdir, scripts[k][1], port,
+                     scripts[k][0]);
+            FILE *p = popen(cmd, "r");
+            size_t n = p ? fread(out, 1, sizeof out - 1, p) : 0;
+            out[n] = '\0';
+            int st = p ? pclose(p) : -1;
+            char want[64];
+            snprintf(want, sizeof want, "port(s) %d already in use", port);
+            CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 1 && strstr(out, want) && strstr(out, scripts[k][1]) &&
+                      !strstr(out, "=="),
+                  "%s with its port taken fails at once, naming it and %s: %s", scripts[k][0], scripts[k][1], out);
+        }
+    }
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+}
+
+int main(int argc, char **argv) {
     bin = getenv("FERRY_BIN");
+    if (argc > 1) { /* ctest passes tests/golden */
+        snprintf(srcdir, sizeof srcdir, "%s/../..", argv[1]);
+        char probe[600];
+        snprintf(probe, sizeof probe, "%s/scripts/ports.sh", srcdir);
+        if (access(probe, R_OK) != 0) srcdir[0] = '\0';
+    }
     if (!bin) {
         fprintf(stderr, "test_cli: FERRY_BIN is not set (ctest sets it)\n");
         return 1;
@@ -322,6 +385,7 @@ int main(void) {
     test_threads();
     test_gen_model();
     test_output();
+    test_bench_rpc();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "test_cli: could not remove %s\n", tmpdir);

@@ -395,8 +395,8 @@ static void print_table(FILE *f, struct bench *b, const char *net_desc, const st
                 b->is_ferry ? "ferry: server CPU via FERRY_STATS" : "not ferry: server CPU n/a", net_desc,
                 b->o.net ? "external" : "in-process thread");
     else
-        fprintf(f, "ferry bench rpc: server %s (%s), no bare TCP comparison (the server is on another host\n"
-                   "and no --net peer was given: run `ferry bench net --listen` there for one)\n\n",
+        fprintf(f, "ferry bench rpc: server %s (%s), no bare TCP comparison (--net none, or the server\n"
+                   "is on another host and no --net peer was given: run `ferry bench net --listen` there)\n\n",
                 b->o.rpc, b->is_ferry ? "ferry: server CPU via FERRY_STATS" : "not ferry: server CPU n/a");
     char line[400];
     ferry_client_transport(b->c, line, sizeof line);
@@ -431,7 +431,7 @@ static void print_table(FILE *f, struct bench *b, const char *net_desc, const st
         char sz[32];
         fprintf(f, "  %-14s skipped: more than the server's free memory\n", bench_size_name(skipped[i], sz, sizeof sz));
     }
-    fprintf(f, "note: SET_TENSOR is measured plain; ggml's client probes SET_TENSOR_HASH first above 10 MiB.\n"
+    fprintf(f, "\nnote: SET_TENSOR is measured plain; ggml's client probes SET_TENSOR_HASH first above 10 MiB.\n"
                "      SET rows include a GET_ALIGNMENT round trip per transfer (proof of delivery), as the\n"
                "      TCP sink includes its 1-byte ack. CPU: client = this thread; server = whole process.\n");
 }
@@ -455,7 +455,8 @@ static int parse_rpc_opts(int argc, char **argv, struct rpc_opts *o) {
         { .names = "--net", .kind = OPT_STRING, .dest = &o->net, .arg = "HOST:PORT",
           .help = "a `ferry bench net --listen` peer on the server's host; without it\n"
                   "a loopback server gets a peer in a thread of this process, a\n"
-                  "server on another host is measured without the bare-link comparison" },
+                  "server on another host is measured without the bare-link comparison;\n"
+                  "none: no comparison" },
         { .names = "--iterations", .kind = OPT_INT, .dest = &o->iterations, .arg = "N",
           .help = "round trips per latency measure (default 2000; 10 s cap each)", .lo = 1, .hi = 10000000 },
         { .names = "--max-size", .kind = OPT_FN, .dest = &o->max_size, .arg = "SIZE", .fn = read_max_size,
@@ -501,14 +502,16 @@ int ferry_bench_rpc_main(int argc, char **argv, FILE *out) {
         fprintf(stderr, "ferry bench rpc: --rpc wants HOST:PORT, got '%s'\n", b.o.rpc);
         return 2;
     }
-    if (b.o.net) {
+    bool no_net = b.o.net && !strcmp(b.o.net, "none");
+    if (b.o.net && !no_net) {
         if (bench_parse_endpoint(b.o.net, net_host, sizeof net_host, &net_port) || net_port == 0) {
             fprintf(stderr, "ferry bench rpc: --net wants HOST:PORT, got '%s'\n", b.o.net);
             return 2;
         }
     }
-    bool bare = b.o.net || bench_is_loopback(rpc_host); /* a peer on the server's host to compare with */
-    if (!bare && !b.o.quiet)
+    bool bare = !no_net && (b.o.net || bench_is_loopback(rpc_host)); /* a peer on the server's host */
+    if (no_net) b.o.net = NULL;
+    if (!bare && !no_net && !b.o.quiet)
         fprintf(stderr, "ferry bench rpc: %s is on another host and no --net peer was given: measuring the server "
                         "alone, without the bare-link comparison (run `ferry bench net --listen` there and pass "
                         "--net HOST:PORT for it)\n",
@@ -523,7 +526,7 @@ int ferry_bench_rpc_main(int argc, char **argv, FILE *out) {
     struct rtt rt[4];
     memset(rt, 0, sizeof rt);
     memset(rows, 0, sizeof rows);
-    if (bare && b.o.net == NULL) {
+    if (bare && !b.o.net) {
         snprintf(net_host, sizeof net_host, "%s", "127.0.0.1");
         if ((rc = bench_net_peer_start(net_host, 0, &peer, &err))) goto out;
         net_port = bench_net_peer_port(peer);
