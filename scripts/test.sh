@@ -7,14 +7,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
+source scripts/build-flags.sh
 dir=build
-flags=(-DCMAKE_BUILD_TYPE=Release)
+flags=("${FERRY_BUILD_FLAGS[@]}") # the same as scripts/setup.sh: nothing rebuilds between them
 if [ "${1:-}" = "--sanitize" ]; then
     dir=build-asan
     export CC=clang
-    flags=(-DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON)
+    flags=(-G Ninja -DFERRY_WERROR=ON -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON)
 fi
-cmake -S . -B "$dir" -G Ninja -DFERRY_WERROR=ON "${flags[@]}" >/dev/null
+cmake -S . -B "$dir" "${flags[@]}" >/dev/null
 ninja -C "$dir"
 bash scripts/check-layers.sh "$dir"
 bash scripts/check-citations.sh

@@ -755,7 +755,7 @@ static int run_cli(const char *const *args, int n) {
     char *argv[32];
     for (int i = 0; i < n; i++) argv[i] = (char *)args[i];
     argv[n] = NULL;
-    return ferry_cli_gen_model(n, argv);
+    return ferry_cli_gen_model(n - 1, argv + 1); /* the words after the command's name */
 }
 
 static void test_cli(void) {
@@ -790,6 +790,17 @@ static void test_cli(void) {
     CHECK(run_cli(bad_size, 5) == 2, "bad size refused");
     const char *bad_shape[] = { "gen-model", "-o", path, "--type", "q4_k" };
     CHECK(run_cli(bad_shape, 5) == 1, "n_embd 64 with q4_k refused");
+    const char *again[] = { "gen-model", "-o", path, "--size", "2M", "--no-progress" };
+    CHECK(run_cli(again, 6) == 0, "gen-model writes a new file");
+    struct stat st1, st2;
+    CHECK(stat(path, &st1) == 0, "the file is there");
+    const char *twice[] = { "gen-model", "-o", path, "--size", "3M", "--no-progress" };
+    CHECK(run_cli(twice, 6) == 1 && stat(path, &st2) == 0 && st2.st_size == st1.st_size,
+          "an existing file is refused and left as it was");
+    const char *forced[] = { "gen-model", "-o", path, "--size", "3M", "--no-progress", "--force" };
+    CHECK(run_cli(forced, 7) == 0 && stat(path, &st2) == 0 && st2.st_size > st1.st_size,
+          "--force overwrites it (%lld -> %lld bytes)", (long long)st1.st_size, (long long)st2.st_size);
+    unlink(path);
     const char *help[] = { "gen-model", "-h" };
     CHECK(run_cli(help, 2) == 0, "help");
     CHECK(access(path, F_OK) != 0, "no file from refused commands");

@@ -28,6 +28,11 @@ struct ferry_gen_params {
     enum ferry_type wtype;  /* 2-D weights: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K */
     bool tied_output;       /* no output.weight: the head reuses token_embd */
     uint64_t seed;
+    /* Called as tensor data is written (bytes done of total, the file adds
+     * its metadata); a non-zero return stops: ferry_gen_model then removes
+     * the partial file and fails. NULL: none. */
+    int (*progress)(void *ud, uint64_t done, uint64_t total);
+    void *progress_ud;
 };
 
 /* A tiny default: llama, gpt2 vocab 512, n_embd 64, 2 layers, 4/2 heads,

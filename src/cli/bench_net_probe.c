@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "cli/bench.h"
+#include "cli/opts.h"
 #include "proto/rpc.h"
 
 int bench_net_connect(const char *host, int port, int *fd, struct ferry_error *err) {
@@ -100,17 +101,6 @@ static volatile sig_atomic_t g_stop;
 static void on_signal(int sig) {
     (void)sig;
     g_stop = 1;
-}
-
-static void net_usage(FILE *out) {
-    fprintf(out,
-            "usage: ferry bench net --listen [-H HOST] [-p PORT]\n"
-            "       ferry bench net --connect HOST:PORT [--json] [--quick] [--iterations N] [--max-size SIZE]\n"
-            "\n"
-            "The bare TCP link, the limit `ferry bench rpc` compares against: --listen runs\n"
-            "an echo / sink / source peer (default 127.0.0.1:50053) until SIGINT/SIGTERM;\n"
-            "--connect measures ping-pong RTT (13/16 bytes, GET_ALIGNMENT's frames) and\n"
-            "one-way streams of 4 KiB .. 1 GiB (sink timed up to a 1-byte ack; source).\n");
 }
 
 static int net_listen(const char *host, int port) {
@@ -214,48 +204,48 @@ out:
     return rc;
 }
 
+static int read_max_size(const char *cmd, const char *name, const char *v, void *dest) {
+    uint64_t x;
+    if (bench_parse_size(v, &x) || x < bench_sizes[0]) {
+        fprintf(stderr, "ferry %s: %s '%s': a size of at least 4K (e.g. 64M)\n", cmd, name, v);
+        return -1;
+    }
+    *(uint64_t *)dest = x;
+    return 0;
+}
+
 int ferry_bench_net_main(int argc, char **argv, FILE *out) {
     const char *host = "127.0.0.1", *connect_to = NULL;
     int port = 50053;
     bool listen_mode = false;
     struct net_opts o = { false, false, 2000, 1ull << 30 };
-    uint64_t v;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i], *next = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            net_usage(out);
-            return 0;
-        } else if (!strcmp(a, "--listen")) {
-            listen_mode = true;
-        } else if ((!strcmp(a, "-H") || !strcmp(a, "--host")) && next) {
-            host = argv[++i];
-        } else if ((!strcmp(a, "-p") || !strcmp(a, "--port")) && next) {
-            port = atoi(argv[++i]);
-            if (port < 0 || port > 65535) return fprintf(stderr, "ferry bench net: bad port\n"), 2;
-        } else if (!strcmp(a, "--connect") && next) {
-            connect_to = argv[++i];
-        } else if (!strcmp(a, "--json")) {
-            o.json = true;
-        } else if (!strcmp(a, "--quick")) {
-            o.quick = true;
-        } else if (!strcmp(a, "--iterations") && next) {
-            o.iterations = atoi(argv[++i]);
-            if (o.iterations < 1 || o.iterations > 10000000)
-                return fprintf(stderr, "ferry bench net: bad --iterations\n"), 2;
-        } else if (!strcmp(a, "--max-size") && next) {
-            if (bench_parse_size(argv[++i], &v) || v < bench_sizes[0])
-                return fprintf(stderr, "ferry bench net: bad --max-size (at least 4K)\n"), 2;
-            o.max_size = v;
-        } else {
-            fprintf(stderr, "ferry bench net: unknown or incomplete option '%s'\n", a);
-            net_usage(stderr);
-            return 2;
-        }
-    }
+    struct opt opts[] = {
+        { .names = "--listen", .kind = OPT_FLAG, .dest = &listen_mode, .help = "run the peer until SIGINT/SIGTERM" },
+        { .names = "-H|--host", .kind = OPT_STRING, .dest = &host, .arg = "HOST",
+          .help = "--listen: address to bind (default 127.0.0.1)" },
+        { .names = "-p|--port", .kind = OPT_INT, .dest = &port, .arg = "PORT", .help = "--listen: port (default 50053)",
+          .lo = 0, .hi = 65535 },
+        { .names = "--connect", .kind = OPT_STRING, .dest = &connect_to, .arg = "HOST:PORT",
+          .help = "measure the link to a --listen peer" },
+        { .names = "--json", .kind = OPT_FLAG, .dest = &o.json, .help = "one JSON object on stdout" },
+        { .names = "--quick", .kind = OPT_FLAG, .dest = &o.quick, .help = "up to 64 MiB" },
+        { .names = "--iterations", .kind = OPT_INT, .dest = &o.iterations, .arg = "N",
+          .help = "ping-pong round trips (default 2000)", .lo = 1, .hi = 10000000 },
+        { .names = "--max-size", .kind = OPT_FN, .dest = &o.max_size, .arg = "SIZE", .fn = read_max_size,
+          .help = "largest transfer (default 1G)" },
+        { 0 },
+    };
+    const struct opts_cmd cmd = {
+        "bench net", "bench net --listen [-H HOST] [-p PORT] | --connect HOST:PORT [options]",
+        "The bare TCP link, the limit `ferry bench rpc` compares against: --listen runs\n"
+        "an echo / sink / source peer (default 127.0.0.1:50053) until SIGINT/SIGTERM;\n"
+        "--connect measures ping-pong RTT (13/16 bytes, GET_ALIGNMENT's frames) and\n"
+        "one-way streams of 4 KiB .. 1 GiB (sink timed up to a 1-byte ack; source).",
+        opts, NULL,
+    };
+    int st = opts_parse(&cmd, argc, argv);
+    if (st >= 0) return st;
     if (o.quick && o.max_size > (64ull << 20)) o.max_size = 64ull << 20;
-    if (listen_mode == (connect_to != NULL)) {
-        net_usage(stderr);
-        return 2;
-    }
+    if (listen_mode == (connect_to != NULL)) return opts_usage_error(&cmd, "give either --listen or --connect HOST:PORT");
     return listen_mode ? net_listen(host, port) : net_connect(connect_to, &o, out);
 }

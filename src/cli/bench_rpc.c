@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "cli/bench.h"
+#include "cli/opts.h"
 #include "ferry/client.h"
 
 #define TIME_CAP_S 10.0       /* per latency measure */
@@ -30,6 +31,7 @@ struct rpc_opts {
     int iterations;
     uint64_t max_size;
     int transport; /* FERRY_TRANSPORT_* */
+    const char *rdma_dev, *rdma_ip;
 };
 
 struct bench {
@@ -129,17 +131,20 @@ static int rtt_pair(struct bench *b, uint32_t req, uint32_t rsp, op_fn fn, struc
     }
     for (int i = 0; i < warm && rc == FERRY_OK; i++) rc = fn(b, 0, err);
     int got = 0;
-    if (rc == FERRY_OK) rc = bench_net_pingpong(b->net_fd, req, rsp, warm, 0, TIME_CAP_S, st, &got, err);
+    if (rc == FERRY_OK && b->net_fd >= 0)
+        rc = bench_net_pingpong(b->net_fd, req, rsp, warm, 0, TIME_CAP_S, st, &got, err);
     uint64_t tcp_cpu = 0, rpc_cpu = 0, srv_ns = 0;
     bool srv_ok = true;
     double t_end = bench_now_s() + 2 * TIME_CAP_S;
     for (int round = 0; round < ROUNDS && rc == FERRY_OK && bench_now_s() < t_end; round++) {
         int block = it / ROUNDS + (round < it % ROUNDS);
-        uint64_t c0 = bench_thread_cpu_ns();
-        rc = bench_net_pingpong(b->net_fd, req, rsp, 0, block, TIME_CAP_S / ROUNDS, st + n_tcp, &got, err);
-        tcp_cpu += bench_thread_cpu_ns() - c0;
-        n_tcp += got;
-        if (rc) break;
+        if (b->net_fd >= 0) { /* no bare link: the RPC side alone */
+            uint64_t c0 = bench_thread_cpu_ns();
+            rc = bench_net_pingpong(b->net_fd, req, rsp, 0, block, TIME_CAP_S / ROUNDS, st + n_tcp, &got, err);
+            tcp_cpu += bench_thread_cpu_ns() - c0;
+            n_tcp += got;
+            if (rc) break;
+        }
         struct cpu_mark m0, m1;
         cpu_mark(b, &m0);
         double t_block = bench_now_s() + TIME_CAP_S / ROUNDS;
@@ -162,6 +167,7 @@ static int rtt_pair(struct bench *b, uint32_t req, uint32_t rsp, op_fn fn, struc
     rpc->cpu.client_us = n_rpc ? (double)rpc_cpu / 1e3 / n_rpc : NA;
     rpc->cpu.server_us = srv_ok && n_rpc ? (double)srv_ns / 1e3 / n_rpc : NA;
     bench_latency_from(st, n_tcp, &tcp->lat);
+    if (n_tcp == 0) tcp->lat.min_us = tcp->lat.p50_us = tcp->lat.p99_us = NA;
     bench_latency_from(sr, n_rpc, &rpc->lat);
     free(st);
     free(sr);
@@ -192,6 +198,10 @@ struct bw {
 
 static int run_reps(struct bench *b, op_fn fn, bool rpc, uint64_t size, struct bw *out,
                     struct ferry_error *err) {
+    if (!rpc && b->net_fd < 0) { /* no bare link to compare with */
+        out->gbps = out->cpu.client_us = out->cpu.server_us = NA;
+        return FERRY_OK;
+    }
     int rc = fn(b, size, err); /* warm-up */
     if (rc) return rc;
     double target = b->o.quick ? BW_TARGET_S / 5 : BW_TARGET_S;
@@ -317,8 +327,11 @@ static const struct bw_row *row_of(const struct bw_row *rows, int n, uint64_t si
 
 static void print_json(FILE *f, struct bench *b, const char *net_desc, const struct rtt rt[4],
                        const struct bw_row *rows, int n_rows, const uint64_t *skipped, int n_skipped) {
-    fprintf(f, "{\"tool\":\"ferry bench rpc\",\"rpc\":\"%s\",\"net\":\"%s\",\"net_peer\":\"%s\",", b->o.rpc,
-            net_desc, b->o.net ? "external" : "in-process");
+    if (b->net_fd >= 0)
+        fprintf(f, "{\"tool\":\"ferry bench rpc\",\"rpc\":\"%s\",\"net\":\"%s\",\"net_peer\":\"%s\",", b->o.rpc,
+                net_desc, b->o.net ? "external" : "in-process");
+    else
+        fprintf(f, "{\"tool\":\"ferry bench rpc\",\"rpc\":\"%s\",\"net\":null,\"net_peer\":null,", b->o.rpc);
     fprintf(f, "\"server_is_ferry\":%s,\"iterations\":%d,\"quick\":%s,", b->is_ferry ? "true" : "false",
             b->o.iterations, b->o.quick ? "true" : "false");
     fprintf(f, "\"set_tensor_mode\":\"plain SET_TENSOR, no SET_TENSOR_HASH probe\",");
@@ -350,10 +363,9 @@ static void print_json(FILE *f, struct bench *b, const char *net_desc, const str
     const struct bw_row *r64 = row_of(rows, n_rows, 64ull << 20);
     fprintf(f, "],\"acceptance\":{");
     json_num(f, "small_rtt_ratio", ratio(rt[1].lat.p50_us, rt[0].lat.p50_us), true);
-    fprintf(f, "\"small_rtt_ratio_target\":1.3,");
     json_num(f, "set_64mib_ratio", r64 ? ratio(r64->set.gbps, r64->sink.gbps) : NA, true);
-    json_num(f, "get_64mib_ratio", r64 ? ratio(r64->get.gbps, r64->source.gbps) : NA, true);
-    fprintf(f, "\"bandwidth_ratio_target\":0.8}}\n");
+    json_num(f, "get_64mib_ratio", r64 ? ratio(r64->get.gbps, r64->source.gbps) : NA, false);
+    fprintf(f, "}}\n");
 }
 
 static void fmt_num(char *buf, size_t n, const char *fmt, double v) {
@@ -368,15 +380,24 @@ static void table_rtt(FILE *f, const char *name, const struct rtt *r, const stru
     fmt_num(cc, sizeof cc, "%.1f", r->cpu.client_us);
     if (base) fmt_num(sc, sizeof sc, "%.1f", r->cpu.server_us);
     else snprintf(sc, sizeof sc, "-");
+    if (r->lat.n == 0) {
+        fprintf(f, "  %-36s    n/a (no bare link)\n", name);
+        return;
+    }
     fprintf(f, "  %-36s %6d %8.1f %8.1f %8.1f %9s %8s %8s\n", name, r->lat.n, r->lat.min_us, r->lat.p50_us,
             r->lat.p99_us, rat, cc, sc);
 }
 
 static void print_table(FILE *f, struct bench *b, const char *net_desc, const struct rtt rt[4],
                         const struct bw_row *rows, int n_rows, const uint64_t *skipped, int n_skipped) {
-    fprintf(f, "ferry bench rpc: server %s (%s), bare TCP peer %s (%s)\n\n", b->o.rpc,
-            b->is_ferry ? "ferry: server CPU via FERRY_STATS" : "not ferry: server CPU n/a", net_desc,
-            b->o.net ? "external" : "in-process thread");
+    if (b->net_fd >= 0)
+        fprintf(f, "ferry bench rpc: server %s (%s), bare TCP peer %s (%s)\n\n", b->o.rpc,
+                b->is_ferry ? "ferry: server CPU via FERRY_STATS" : "not ferry: server CPU n/a", net_desc,
+                b->o.net ? "external" : "in-process thread");
+    else
+        fprintf(f, "ferry bench rpc: server %s (%s), no bare TCP comparison (--net none, or the server\n"
+                   "is on another host and no --net peer was given: run `ferry bench net --listen` there)\n\n",
+                b->o.rpc, b->is_ferry ? "ferry: server CPU via FERRY_STATS" : "not ferry: server CPU n/a");
     char line[400];
     ferry_client_transport(b->c, line, sizeof line);
     fprintf(f, "transport: %s\n\n", line);
@@ -393,130 +414,108 @@ static void print_table(FILE *f, struct bench *b, const char *net_desc, const st
                    "   cpu/op us: SET client/server  GET client/server\n");
         for (int i = 0; i < n_rows; i++) {
             const struct bw_row *r = &rows[i];
-            char sz[32], sr[16], gr[16], c1[16], c2[16], c3[16], c4[16];
+            char sz[32], sr[16], gr[16], c1[16], c2[16], c3[16], c4[16], tk[16], ts[16];
+            fmt_num(tk, sizeof tk, "%.3f", r->sink.gbps);
+            fmt_num(ts, sizeof ts, "%.3f", r->source.gbps);
             fmt_num(sr, sizeof sr, "%.2f", ratio(r->set.gbps, r->sink.gbps));
             fmt_num(gr, sizeof gr, "%.2f", ratio(r->get.gbps, r->source.gbps));
             fmt_num(c1, sizeof c1, "%.1f", r->set.cpu.client_us);
             fmt_num(c2, sizeof c2, "%.1f", r->set.cpu.server_us);
             fmt_num(c3, sizeof c3, "%.1f", r->get.cpu.client_us);
             fmt_num(c4, sizeof c4, "%.1f", r->get.cpu.server_us);
-            fprintf(f, "  %-14s %9.3f %11.3f %6s %11.3f %11.3f %6s   %14s/%-10s %10s/%s\n",
-                    bench_size_name(r->size, sz, sizeof sz), r->sink.gbps, r->set.gbps, sr, r->source.gbps,
-                    r->get.gbps, gr, c1, c2, c3, c4);
+            fprintf(f, "  %-14s %9s %11.3f %6s %11s %11.3f %6s   %14s/%-10s %10s/%s\n",
+                    bench_size_name(r->size, sz, sizeof sz), tk, r->set.gbps, sr, ts, r->get.gbps, gr, c1, c2, c3, c4);
         }
     }
     for (int i = 0; i < n_skipped; i++) {
         char sz[32];
         fprintf(f, "  %-14s skipped: more than the server's free memory\n", bench_size_name(skipped[i], sz, sizeof sz));
     }
-    const struct bw_row *r64 = row_of(rows, n_rows, 64ull << 20);
-    char a1[16], a2[16], a3[16];
-    fmt_num(a1, sizeof a1, "%.2f", ratio(rt[1].lat.p50_us, rt[0].lat.p50_us));
-    fmt_num(a2, sizeof a2, "%.2f", r64 ? ratio(r64->set.gbps, r64->sink.gbps) : NA);
-    fmt_num(a3, sizeof a3, "%.2f", r64 ? ratio(r64->get.gbps, r64->source.gbps) : NA);
-    fprintf(f, "\nacceptance: small-request RTT / TCP RTT (p50) %s (target <= 1.3); "
-               "SET_TENSOR 64 MiB / TCP stream %s, GET_TENSOR 64 MiB / TCP stream %s (target >= 0.8)\n",
-            a1, a2, a3);
-    fprintf(f, "note: SET_TENSOR is measured plain; ggml's client probes SET_TENSOR_HASH first above 10 MiB.\n"
+    fprintf(f, "\nnote: SET_TENSOR is measured plain; ggml's client probes SET_TENSOR_HASH first above 10 MiB.\n"
                "      SET rows include a GET_ALIGNMENT round trip per transfer (proof of delivery), as the\n"
                "      TCP sink includes its 1-byte ack. CPU: client = this thread; server = whole process.\n");
 }
 
 /* ---- the run ----------------------------------------------------------------- */
 
-static void rpc_usage(FILE *out) {
-    fprintf(out,
-            "usage: ferry bench rpc --rpc HOST:PORT [--net HOST:PORT] [--json] [--quick]\n"
-            "                       [--iterations N] [--max-size SIZE] [--quiet] [--transport auto|tcp|rdma]\n"
-            "\n"
-            "Measures any ggml RPC server against the bare TCP link to the same host:\n"
-            "  round trips (min/p50/p99): GET_ALIGNMENT, and a tiny graph (RECOMPUTE) + 64-byte read\n"
-            "  SET_TENSOR / GET_TENSOR bandwidth, 4 KiB .. 1 GiB (sizes the server cannot hold are skipped)\n"
-            "  each as a ratio to bare TCP ping-pong / stream moving the same bytes\n"
-            "  CPU per operation: client, and server when it is ferry's (FERRY_STATS extension)\n"
-            "\n"
-            "  --net HOST:PORT   a `ferry bench net --listen` peer on the server's host; without it\n"
-            "                    and with a loopback server, a peer runs in a thread of this process\n"
-            "  --iterations N    round trips per latency measure (default 2000; 10 s cap each)\n"
-            "  --max-size SIZE   largest transfer, e.g. 64M (default 1G)\n"
-            "  --quick           up to 64 MiB, shorter bandwidth runs\n"
-            "  --json            one JSON object on stdout instead of the table\n"
-            "  --quiet           no progress lines on stderr\n");
+static int read_max_size(const char *cmd, const char *name, const char *v, void *dest) {
+    uint64_t x;
+    if (bench_parse_size(v, &x) || x < bench_sizes[0]) {
+        fprintf(stderr, "ferry %s: %s '%s': a size of at least 4K (e.g. 64M)\n", cmd, name, v);
+        return -1;
+    }
+    *(uint64_t *)dest = x;
+    return 0;
 }
 
-static int parse_rpc_opts(int argc, char **argv, struct rpc_opts *o, FILE *out, bool *help) {
-    *o = (struct rpc_opts){ NULL, NULL, false, false, false, 2000, 1ull << 30, FERRY_TRANSPORT_AUTO };
-    *help = false;
-    uint64_t v;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i], *next = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            rpc_usage(out);
-            *help = true;
-            return 0;
-        } else if (!strcmp(a, "--rpc") && next) {
-            o->rpc = argv[++i];
-        } else if (!strcmp(a, "--net") && next) {
-            o->net = argv[++i];
-        } else if (!strcmp(a, "--transport") && next) {
-            const char *t = argv[++i];
-            if (!strcmp(t, "auto")) o->transport = FERRY_TRANSPORT_AUTO;
-            else if (!strcmp(t, "tcp")) o->transport = FERRY_TRANSPORT_TCP;
-            else if (!strcmp(t, "rdma")) o->transport = FERRY_TRANSPORT_RDMA;
-            else {
-                fprintf(stderr, "ferry bench rpc: --transport takes auto, tcp or rdma\n");
-                return -1;
-            }
-        } else if (!strcmp(a, "--json")) {
-            o->json = true;
-        } else if (!strcmp(a, "--quick")) {
-            o->quick = true;
-        } else if (!strcmp(a, "--quiet")) {
-            o->quiet = true;
-        } else if (!strcmp(a, "--iterations") && next) {
-            o->iterations = atoi(argv[++i]);
-            if (o->iterations < 1 || o->iterations > 10000000)
-                return fprintf(stderr, "ferry bench rpc: bad --iterations\n"), -1;
-        } else if (!strcmp(a, "--max-size") && next) {
-            if (bench_parse_size(argv[++i], &v) || v < bench_sizes[0])
-                return fprintf(stderr, "ferry bench rpc: bad --max-size (at least 4K)\n"), -1;
-            o->max_size = v;
-        } else {
-            fprintf(stderr, "ferry bench rpc: unknown or incomplete option '%s'\n", a);
-            return -1;
-        }
-    }
+static int parse_rpc_opts(int argc, char **argv, struct rpc_opts *o) {
+    *o = (struct rpc_opts){ .iterations = 2000, .max_size = 1ull << 30, .transport = FERRY_TRANSPORT_AUTO };
+    struct opt opts[] = {
+        { .names = "--rpc", .kind = OPT_STRING, .dest = &o->rpc, .arg = "HOST:PORT", .help = "the server (required)" },
+        { .names = "--net", .kind = OPT_STRING, .dest = &o->net, .arg = "HOST:PORT",
+          .help = "a `ferry bench net --listen` peer on the server's host; without it\n"
+                  "a loopback server gets a peer in a thread of this process, a\n"
+                  "server on another host is measured without the bare-link comparison;\n"
+                  "none: no comparison" },
+        { .names = "--iterations", .kind = OPT_INT, .dest = &o->iterations, .arg = "N",
+          .help = "round trips per latency measure (default 2000; 10 s cap each)", .lo = 1, .hi = 10000000 },
+        { .names = "--max-size", .kind = OPT_FN, .dest = &o->max_size, .arg = "SIZE", .fn = read_max_size,
+          .help = "largest transfer, e.g. 64M (default 1G)" },
+        { .names = "--quick", .kind = OPT_FLAG, .dest = &o->quick, .help = "up to 64 MiB, shorter bandwidth runs" },
+        { .names = "--json", .kind = OPT_FLAG, .dest = &o->json, .help = "one JSON object on stdout instead of the table" },
+        { .names = "--quiet", .kind = OPT_FLAG, .dest = &o->quiet, .help = "no progress lines on stderr" },
+        { .names = "--transport", .kind = OPT_FN, .dest = &o->transport, .arg = "T", .fn = opt_read_transport,
+          .help = "auto | tcp | rdma (rdma: required, no fallback)" },
+        { .names = "--rdma-dev", .kind = OPT_STRING, .dest = &o->rdma_dev, .arg = "NAME",
+          .help = "RDMA device (default $FERRY_RDMA_DEV, else the one whose GID is\n"
+                  "the TCP source address)" },
+        { .names = "--rdma-ip", .kind = OPT_STRING, .dest = &o->rdma_ip, .arg = "ADDR",
+          .help = "use the RDMA GID of this IPv4 address (default $FERRY_RDMA_IP)" },
+        { 0 },
+    };
+    const struct opts_cmd cmd = {
+        "bench rpc", "bench rpc --rpc HOST:PORT [--net HOST:PORT] [options]",
+        "Measures any ggml RPC server against the bare TCP link to the same host:\n"
+        "  round trips (min/p50/p99): GET_ALIGNMENT, and a tiny graph (RECOMPUTE) + 64-byte read\n"
+        "  SET_TENSOR / GET_TENSOR bandwidth, 4 KiB .. 1 GiB (sizes the server cannot hold are skipped)\n"
+        "  each as a ratio to bare TCP ping-pong / stream moving the same bytes\n"
+        "  CPU per operation: client, and server when it is ferry's (FERRY_STATS extension)",
+        opts, NULL,
+    };
+    int st = opts_parse(&cmd, argc, argv);
+    if (st >= 0) return st;
     if (o->quick && o->max_size > (64ull << 20)) o->max_size = 64ull << 20;
-    if (o->rpc == NULL) return fprintf(stderr, "ferry bench rpc: --rpc HOST:PORT is required\n"), -1;
-    return 0;
+    if (o->rpc == NULL) return opts_usage_error(&cmd, "--rpc HOST:PORT is required");
+    return -1;
 }
 
 int ferry_bench_rpc_main(int argc, char **argv, FILE *out) {
     struct bench b;
     memset(&b, 0, sizeof b);
     b.net_fd = -1;
-    bool help;
-    if (parse_rpc_opts(argc, argv, &b.o, out, &help)) {
-        rpc_usage(stderr);
-        return 2;
-    }
-    if (help) return 0;
+    (void)out; /* --help goes to stdout, as every command's */
+    int st = parse_rpc_opts(argc, argv, &b.o);
+    if (st >= 0) return st;
     char rpc_host[64], net_host[64], net_desc[96];
     int rpc_port, net_port;
     if (bench_parse_endpoint(b.o.rpc, rpc_host, sizeof rpc_host, &rpc_port) || rpc_port == 0) {
         fprintf(stderr, "ferry bench rpc: --rpc wants HOST:PORT, got '%s'\n", b.o.rpc);
         return 2;
     }
-    if (b.o.net) {
+    bool no_net = b.o.net && !strcmp(b.o.net, "none");
+    if (b.o.net && !no_net) {
         if (bench_parse_endpoint(b.o.net, net_host, sizeof net_host, &net_port) || net_port == 0) {
             fprintf(stderr, "ferry bench rpc: --net wants HOST:PORT, got '%s'\n", b.o.net);
             return 2;
         }
-    } else if (!bench_is_loopback(rpc_host)) {
-        fprintf(stderr, "ferry bench rpc: the server is not on this host: run `ferry bench net --listen` "
-                        "there and pass --net HOST:PORT\n");
-        return 2;
     }
+    bool bare = !no_net && (b.o.net || bench_is_loopback(rpc_host)); /* a peer on the server's host */
+    if (no_net) b.o.net = NULL;
+    if (!bare && !no_net && !b.o.quiet)
+        fprintf(stderr, "ferry bench rpc: %s is on another host and no --net peer was given: measuring the server "
+                        "alone, without the bare-link comparison (run `ferry bench net --listen` there and pass "
+                        "--net HOST:PORT for it)\n",
+                b.o.rpc);
 
     struct ferry_error err;
     ferry_error_clear(&err);
@@ -527,16 +526,18 @@ int ferry_bench_rpc_main(int argc, char **argv, FILE *out) {
     struct rtt rt[4];
     memset(rt, 0, sizeof rt);
     memset(rows, 0, sizeof rows);
-    if (b.o.net == NULL) {
+    if (bare && !b.o.net) {
         snprintf(net_host, sizeof net_host, "%s", "127.0.0.1");
         if ((rc = bench_net_peer_start(net_host, 0, &peer, &err))) goto out;
         net_port = bench_net_peer_port(peer);
     }
-    snprintf(net_desc, sizeof net_desc, "%s:%d", net_host, net_port);
-    if ((rc = bench_net_connect(net_host, net_port, &b.net_fd, &err))) goto out;
+    snprintf(net_desc, sizeof net_desc, "%s:%d", bare ? net_host : "none", bare ? net_port : 0);
+    if (bare && (rc = bench_net_connect(net_host, net_port, &b.net_fd, &err))) goto out;
     struct ferry_client_options copts;
     ferry_client_options_defaults(&copts);
     copts.transport = b.o.transport;
+    copts.rdma_dev = b.o.rdma_dev;
+    copts.rdma_ip = b.o.rdma_ip;
     if ((rc = ferry_client_connect(b.o.rpc, &copts, &b.c, &err))) goto out;
     b.is_ferry = ferry_client_server_is_ferry(b.c);
     if ((rc = setup_graph(&b, &err))) goto out;

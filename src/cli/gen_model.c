@@ -1,41 +1,22 @@
 /* ferry gen-model: writes a llama-family GGUF model with random weights
- * (include/ferry/gen.h), for tests, demos and benchmarks. */
+ * (include/ferry/gen.h), for tests, demos and benchmarks. It will not
+ * overwrite a file unless told to, shows progress on stderr, and on
+ * SIGINT/SIGTERM stops and leaves no partial file behind. */
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/opts.h"
 #include "ferry/gen.h"
-
-static void gen_usage(FILE *out) {
-    fprintf(out,
-            "usage: ferry gen-model -o PATH [options]\n"
-            "  writes a GGUF v3 model with random weights and a small trained vocabulary\n"
-            "\n"
-            "  -o, --output PATH   file to write (required)\n"
-            "      --size SIZE     aim for a file of about SIZE (e.g. 100M, 1G; K/M/G/T are powers of\n"
-            "                      1024); picks n_embd, n_layer, heads, n_ff, n_vocab\n"
-            "      --type T        f32 | f16 | bf16 | q8_0 | q4_0 | q4_k | q6_k (default q8_0)\n"
-            "      --arch A        llama | mistral | qwen2 | qwen3 (default llama)\n"
-            "      --vocab V       gpt2 | llama (default gpt2)\n"
-            "      --n-vocab N     vocabulary size (>= 300)\n"
-            "      --n-embd N      embedding width (multiple of n_head and of the type's block)\n"
-            "      --n-layer N     layers\n"
-            "      --n-head N      attention heads\n"
-            "      --n-head-kv N   key/value heads (divides n_head)\n"
-            "      --n-ff N        feed-forward width\n"
-            "      --n-ctx N       context length written to the file (default 2048)\n"
-            "      --tied          no output.weight: the head reuses token_embd\n"
-            "      --seed N        random seed (default 1); same options, same bytes\n"
-            "  -h, --help          this help\n"
-            "Explicit shape options override what --size picks.\n");
-}
 
 static bool parse_type(const char *s, enum ferry_type *t) {
     static const struct { const char *name; enum ferry_type type; } types[] = {
@@ -68,30 +49,6 @@ static bool parse_size(const char *s, uint64_t *out) {
     return true;
 }
 
-static bool parse_i32(const char *s, int32_t *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < 0 || v > INT32_MAX) return false;
-    *out = (int32_t)v;
-    return true;
-}
-
-/* Shape options given on the command line: applied after --size. */
-struct overrides {
-    int32_t *field[8];
-    int32_t value[8];
-    int n;
-};
-
-static const char *shape_option(const char *opt, struct ferry_gen_params *p, int32_t **field) {
-    static const char *const names[] = { "--n-vocab", "--n-embd", "--n-layer", "--n-head", "--n-head-kv", "--n-ff", "--n-ctx" };
-    int32_t *fields[] = { &p->n_vocab, &p->n_embd, &p->n_layer, &p->n_head, &p->n_head_kv, &p->n_ff, &p->n_ctx };
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (strcmp(opt, names[i]) == 0) { *field = fields[i]; return names[i]; }
-    return NULL;
-}
-
 static void human_bytes(char *buf, size_t cap, double n) {
     if (n >= 0x1p30) snprintf(buf, cap, "%.2f GiB", n / 0x1p30);
     else if (n >= 0x1p20) snprintf(buf, cap, "%.1f MiB", n / 0x1p20);
@@ -110,9 +67,49 @@ static void print_summary(const char *path, const struct ferry_gen_params *p, do
            p->seed, seconds);
 }
 
-static int bad_value(const char *opt, const char *v) {
-    fprintf(stderr, "gen-model: bad value for %s: %s\n", opt, v ? v : "(missing)");
-    return 2;
+static int read_type(const char *cmd, const char *name, const char *v, void *dest) {
+    if (parse_type(v, dest)) return 0;
+    fprintf(stderr, "ferry %s: %s: unknown type '%s' (f32 f16 bf16 q8_0 q4_0 q4_k q6_k)\n", cmd, name, v);
+    return -1;
+}
+
+static int read_size(const char *cmd, const char *name, const char *v, void *dest) {
+    if (parse_size(v, dest)) return 0;
+    fprintf(stderr, "ferry %s: %s: '%s' is not a size (e.g. 100M, 1.5G)\n", cmd, name, v);
+    return -1;
+}
+
+/* ---- stop on a signal, progress on stderr ------------------------------------ */
+
+static volatile sig_atomic_t g_stop; /* the signal that asked us to stop */
+
+static void on_stop(int sig) { g_stop = sig; }
+
+struct progress {
+    const char *path;
+    bool tty, quiet;
+    double t0, last;
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* A line redrawn ten times a second on a terminal, else one every 5 s. */
+static int on_progress(void *ud, uint64_t done, uint64_t total) {
+    struct progress *p = ud;
+    if (g_stop) return 1;
+    if (p->quiet) return 0;
+    double t = now_s();
+    bool end = done == total;
+    if (!end && t - p->last < (p->tty ? 0.1 : 5.0)) return 0;
+    p->last = t;
+    int pct = total ? (int)(done * 100 / total) : 100;
+    fprintf(stderr, "%sferry gen-model: %s: %3d%% (%.1f / %.1f MiB, %.0f s)%s", p->tty ? "\r" : "", p->path, pct,
+            (double)done / 0x1p20, (double)total / 0x1p20, t - p->t0, p->tty && !end ? "" : "\n");
+    return 0;
 }
 
 int ferry_cli_gen_model(int argc, char **argv) {
@@ -121,49 +118,99 @@ int ferry_cli_gen_model(int argc, char **argv) {
     p.n_ctx = 2048;
     const char *out = NULL;
     uint64_t size = 0;
-    struct overrides ov = { .n = 0 };
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int32_t *field = NULL;
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) { gen_usage(stdout); return 0; }
-        if (strcmp(a, "--tied") == 0) { p.tied_output = true; continue; }
-        if (!v) return bad_value(a, v);
-        i++;
-        if (strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) out = v;
-        else if (strcmp(a, "--size") == 0) { if (!parse_size(v, &size)) return bad_value(a, v); }
-        else if (strcmp(a, "--type") == 0) { if (!parse_type(v, &p.wtype)) return bad_value(a, v); }
-        else if (strcmp(a, "--arch") == 0) p.arch = v;
-        else if (strcmp(a, "--vocab") == 0) p.vocab = v;
-        else if (strcmp(a, "--seed") == 0) {
-            char *end;
-            errno = 0;
-            p.seed = strtoull(v, &end, 0);
-            if (errno || end == v || *end) return bad_value(a, v);
-        } else if (shape_option(a, &p, &field)) {
-            if (!parse_i32(v, &ov.value[ov.n])) return bad_value(a, v);
-            ov.field[ov.n++] = field;
-        } else {
-            fprintf(stderr, "gen-model: unknown option %s (ferry gen-model --help)\n", a);
-            return 2;
-        }
-    }
-    if (!out) {
-        fprintf(stderr, "gen-model: -o PATH is required (ferry gen-model --help)\n");
-        return 2;
-    }
+    bool force = false, quiet = false;
+    int32_t shape[7] = { 0 };
+    struct opt opts[] = {
+        { .names = "-o|--output", .kind = OPT_STRING, .dest = &out, .arg = "PATH", .help = "file to write (required)" },
+        { .names = "--force", .kind = OPT_FLAG, .dest = &force, .help = "overwrite PATH when it exists" },
+        { .names = "--size", .kind = OPT_FN, .dest = &size, .arg = "SIZE", .fn = read_size,
+          .help = "aim for a file of about SIZE (e.g. 100M, 1G; K/M/G/T are powers of\n"
+                  "1024); picks n_embd, n_layer, heads, n_ff, n_vocab" },
+        { .names = "--type", .kind = OPT_FN, .dest = &p.wtype, .arg = "T", .fn = read_type,
+          .help = "f32 | f16 | bf16 | q8_0 | q4_0 | q4_k | q6_k (default q8_0)" },
+        { .names = "--arch", .kind = OPT_STRING, .dest = &p.arch, .arg = "A",
+          .help = "llama | mistral | qwen2 | qwen3 (default llama)" },
+        { .names = "--vocab", .kind = OPT_STRING, .dest = &p.vocab, .arg = "V", .help = "gpt2 | llama (default gpt2)" },
+        { .names = "--n-vocab", .kind = OPT_INT, .dest = &shape[0], .arg = "N", .help = "vocabulary size (>= 300)",
+          .lo = 0, .hi = INT32_MAX },
+        { .names = "--n-embd", .kind = OPT_INT, .dest = &shape[1], .arg = "N",
+          .help = "embedding width (multiple of n_head and of the type's block)", .lo = 0, .hi = INT32_MAX },
+        { .names = "--n-layer", .kind = OPT_INT, .dest = &shape[2], .arg = "N", .help = "layers", .lo = 0,
+          .hi = INT32_MAX },
+        { .names = "--n-head", .kind = OPT_INT, .dest = &shape[3], .arg = "N", .help = "attention heads", .lo = 0,
+          .hi = INT32_MAX },
+        { .names = "--n-head-kv", .kind = OPT_INT, .dest = &shape[4], .arg = "N",
+          .help = "key/value heads (divides n_head)", .lo = 0, .hi = INT32_MAX },
+        { .names = "--n-ff", .kind = OPT_INT, .dest = &shape[5], .arg = "N", .help = "feed-forward width", .lo = 0,
+          .hi = INT32_MAX },
+        { .names = "--n-ctx", .kind = OPT_INT, .dest = &shape[6], .arg = "N",
+          .help = "context length written to the file (default 2048)", .lo = 0, .hi = INT32_MAX },
+        { .names = "--tied", .kind = OPT_FLAG, .dest = &p.tied_output, .help = "no output.weight: the head reuses token_embd" },
+        { .names = "--seed", .kind = OPT_U64, .dest = &p.seed, .arg = "N",
+          .help = "random seed (default 1); same options, same bytes" },
+        { .names = "--no-progress", .kind = OPT_FLAG, .dest = &quiet, .help = "no progress on stderr" },
+        { 0 },
+    };
+    static const char *const shape_names[7] = { "--n-vocab", "--n-embd", "--n-layer", "--n-head",
+                                                "--n-head-kv", "--n-ff", "--n-ctx" };
+    int32_t *fields[7] = { &p.n_vocab, &p.n_embd, &p.n_layer, &p.n_head, &p.n_head_kv, &p.n_ff, &p.n_ctx };
+    const struct opts_cmd cmd = {
+        "gen-model", "gen-model -o PATH [options]",
+        "Writes a GGUF v3 model with random weights and a small trained vocabulary.", opts,
+        "Explicit shape options override what --size picks. Progress goes to stderr; on Ctrl-C\n"
+        "or SIGTERM the partial file is removed.",
+    };
+    int status = opts_parse(&cmd, argc, argv);
+    if (status >= 0) return status;
+    if (!out) return opts_usage_error(&cmd, "-o PATH is required");
     struct ferry_error err = { 0 };
     if (size && ferry_gen_params_for_size(&p, size, &err) != FERRY_OK) {
-        fprintf(stderr, "gen-model: %s\n", err.msg);
-        return 1;
+        fprintf(stderr, "ferry gen-model: %s\n", err.msg);
+        return EXIT_RUNTIME;
     }
-    for (int k = 0; k < ov.n; k++) *ov.field[k] = ov.value[k];
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    if (ferry_gen_model(&p, out, &err) != FERRY_OK) {
-        fprintf(stderr, "gen-model: %s\n", err.msg);
-        return 1;
+    /* what the command line says wins over what --size picked */
+    for (int k = 0; k < 7; k++)
+        if (opts_find(&cmd, shape_names[k])->seen) *fields[k] = shape[k];
+    struct stat st;
+    if (!force && stat(out, &st) == 0) {
+        fprintf(stderr, "ferry gen-model: %s exists (--force overwrites it)\n", out);
+        return EXIT_RUNTIME;
     }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    print_summary(out, &p, (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9);
+    if (ferry_gen_params_check(&p, &err) != FERRY_OK) {
+        fprintf(stderr, "ferry gen-model: %s\n", err.msg);
+        return EXIT_RUNTIME;
+    }
+    struct progress prog = { .path = out, .tty = isatty(STDERR_FILENO), .quiet = quiet, .t0 = now_s() };
+    prog.last = prog.t0;
+    p.progress = on_progress;
+    p.progress_ud = &prog;
+    if (!quiet) {
+        char hsize[32];
+        human_bytes(hsize, sizeof hsize, (double)ferry_gen_data_bytes(&p));
+        fprintf(stderr, "ferry gen-model: writing %s (%s %s, %s of weights)\n", out, p.arch, ferry_type_name(p.wtype),
+                hsize);
+    }
+    /* the generator checks for a stop between chunks and removes its partial file */
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop;
+    sa.sa_flags = SA_RESTART | SA_RESETHAND; /* a second signal kills as usual */
+    sigemptyset(&sa.sa_mask);
+    g_stop = 0;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    if (old_int.sa_handler == SIG_IGN) sigaction(SIGINT, &old_int, NULL); /* e.g. `cmd &` in a script */
+    int rc = ferry_gen_model(&p, out, &err);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    if (g_stop && rc != FERRY_OK) {
+        fprintf(stderr, "\nferry gen-model: interrupted (signal %d): %s not written\n", (int)g_stop, out);
+        return 128 + (int)g_stop;
+    }
+    if (rc != FERRY_OK) {
+        fprintf(stderr, "ferry gen-model: %s\n", err.msg);
+        return EXIT_RUNTIME;
+    }
+    print_summary(out, &p, now_s() - prog.t0);
     return 0;
 }

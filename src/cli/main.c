@@ -2,15 +2,18 @@
  * command line compatible with llama.cpp's rpc-server; `ferry version`
  * prints the version. */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "cli/bench.h"
 #include "cli/cli.h"
+#include "cli/opts.h"
 #include "ferry/engine.h"
 #include "ferry/log.h"
 #include "ferry/server.h"
@@ -32,62 +35,22 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: ferry <command> [options]\n"
             "\n"
-            "commands:\n"
-            "  serve      run the RPC server (ggml RPC protocol 5.x; llama.cpp --rpc HOST:PORT)\n"
-            "  run        generate text with a GGUF model, layers split over servers (ferry run --help)\n"
-            "  gen-model  write a llama-family GGUF model with random weights (ferry gen-model --help)\n"
-            "  bench model  prompt and generation speed of a model, local or split (--help)\n"
-            "  bench rpc  measure any ggml RPC server against the bare TCP link (ferry bench rpc --help)\n"
-            "  bench net  the bare TCP link alone: --listen peer / --connect measure (ferry bench net --help)\n"
-            "  version    print the version\n"
+            "commands (each takes --help and --version):\n"
+            "  serve        run the RPC server (ggml RPC protocol 5.x; llama.cpp --rpc HOST:PORT)\n"
+            "  run          generate text with a GGUF model, layers split over servers\n"
+            "  gen-model    write a llama-family GGUF model with random weights\n"
+            "  bench model  prompt and generation speed of a model, local or split\n"
+            "  bench rpc    measure any ggml RPC server against the bare TCP link\n"
+            "  bench net    the bare TCP link alone: --listen peer / --connect measure\n"
+            "  version      print the version\n"
             "\n"
-            "ferry serve options (compatible with llama.cpp's rpc-server):\n"
-            "  -H, --host HOST        IPv4 address to bind (default 127.0.0.1)\n"
-            "  -p, --port PORT        port to listen on (default 50052; 0 = any free port)\n"
-            "  -t, --threads N        compute threads (default: cores / 2)\n"
-            "  -d, --device LIST      devices to serve, comma separated (available: CPU)\n"
-            "  -c, --cache [DIR]      enable the tensor cache (default dir: $LLAMA_CACHE/rpc,\n"
-            "                         else $XDG_CACHE_HOME/llama.cpp/rpc, else ~/.cache/llama.cpp/rpc)\n"
-            "      --cache-size MiB   cache size bound, least recently used evicted (default 10240)\n"
-            "  -m, --mem MiB          memory all clients together may allocate (default: physical RAM)\n"
-            "      --max-conns N      connections served at once (default 16)\n"
-            "      --idle-timeout S   drop a client idle for S seconds (default 0 = never)\n"
-            "      --transport T      auto | tcp | rdma (default auto: RDMA for clients that offer it;\n"
-            "                         rdma: required, clients without it are refused)\n"
-            "      --rdma-dev NAME    RDMA device (default $FERRY_RDMA_DEV, else the one whose GID is\n"
-            "                         the address a client connected to)\n"
-            "      --rdma-ip ADDR     use the RDMA GID of this IPv4 address (default $FERRY_RDMA_IP)\n"
-            "      --log-level L      error | warn | info | debug (default info)\n"
-            "  -v, --verbose          same as --log-level debug\n"
-            "  -h, --help             this help\n"
-            "\n"
-            "ferry bench rpc --rpc HOST:PORT [--net HOST:PORT] [--json] [--quick] [--iterations N] [--max-size SIZE]\n"
-            "  round-trip latency, SET/GET_TENSOR bandwidth (4 KiB .. 1 GiB) and CPU per operation, each\n"
-            "  also as a ratio to the bare TCP link. --net names a `ferry bench net --listen` peer on the\n"
-            "  server's host; without it, for a loopback server, the peer runs in a thread of the bench.\n"
-            "ferry bench net --listen [-H HOST] [-p PORT]  |  ferry bench net --connect HOST:PORT [--json]\n"
-            "\n"
+            "exit status: 0 success, 1 runtime error, 2 usage error\n"
             "Never expose the server to an open network: the protocol has no authentication.\n");
 }
 
-static int parse_u64(const char *opt, const char *s, uint64_t lo, uint64_t hi, uint64_t *out) {
-    if (s == NULL) {
-        fprintf(stderr, "ferry serve: %s needs a value\n", opt);
-        return -1;
-    }
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi) {
-        fprintf(stderr, "ferry serve: %s: '%s' is not a number in [%" PRIu64 ", %" PRIu64 "]\n", opt, s, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 /* "CPU", or a comma list of nothing but CPU (any case). */
-static int check_devices(const char *list) {
+static int read_devices(const char *cmd, const char *name, const char *list, void *dest) {
+    (void)dest;
     char buf[256];
     snprintf(buf, sizeof buf, "%s", list);
     char *save = NULL;
@@ -95,12 +58,14 @@ static int check_devices(const char *list) {
     for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save), n++) {
         while (*tok == ' ') tok++;
         if (strcasecmp(tok, "CPU") != 0) {
-            fprintf(stderr, "ferry serve: unknown device '%s'\navailable devices:\n  CPU (ferry's CPU engine)\n", tok);
+            fprintf(stderr, "ferry %s: %s: unknown device '%s'\navailable devices:\n  CPU (ferry's CPU engine)\n",
+                    cmd, name, tok);
             return -1;
         }
     }
     if (n == 0) {
-        fprintf(stderr, "ferry serve: empty device list\navailable devices:\n  CPU (ferry's CPU engine)\n");
+        fprintf(stderr, "ferry %s: %s: empty device list\navailable devices:\n  CPU (ferry's CPU engine)\n", cmd,
+                name);
         return -1;
     }
     return 0;
@@ -110,85 +75,86 @@ static bool is_loopback(const char *host) {
     return !strcmp(host, "localhost") || !strncmp(host, "127.", 4);
 }
 
+/* The server opens (and creates) its cache directory at start but writes
+ * into it only when a client sends a tensor: prove now that it can, rather
+ * than fail on every connection. */
+static int check_cache_writable(const char *dir) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/.ferry-write-test.%ld", dir, (long)getpid());
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 || write(fd, "x", 1) != 1) {
+        int e = errno;
+        if (fd >= 0) {
+            close(fd);
+            unlink(path);
+        }
+        fprintf(stderr, "ferry serve: cache dir %s is not writable: %s\n", dir, strerror(e));
+        return -1;
+    }
+    close(fd);
+    unlink(path);
+    return 0;
+}
+
 static int cmd_serve(int argc, char **argv) {
     struct ferry_server_config cfg;
     ferry_server_config_defaults(&cfg);
-    bool cache = false;
     const char *cache_dir = NULL;
     char default_dir[4096];
     enum ferry_log_level level = FERRY_LOG_INFO;
-    uint64_t v;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i], *next = i + 1 < argc ? argv[i + 1] : NULL;
-#define IS(s, l) (!strcmp(a, s) || !strcmp(a, l))
-        if (IS("-h", "--help")) {
-            usage(stdout);
-            return 0;
-        } else if (IS("-H", "--host")) {
-            if (next == NULL) return fprintf(stderr, "ferry serve: %s needs a value\n", a), 2;
-            cfg.host = argv[++i];
-        } else if (IS("-p", "--port")) {
-            if (parse_u64(a, next, 0, 65535, &v)) return 2;
-            cfg.port = (int)v;
-            i++;
-        } else if (IS("-t", "--threads")) {
-            if (parse_u64(a, next, 1, 1024, &v)) return 2;
-            cfg.n_threads = (int)v;
-            i++;
-        } else if (IS("-d", "--device")) {
-            if (next == NULL) return fprintf(stderr, "ferry serve: %s needs a value\n", a), 2;
-            if (check_devices(next)) return 2;
-            i++;
-        } else if (IS("-c", "--cache")) {
-            cache = true;
-            if (next && next[0] != '-') { /* the directory is optional */
-                cache_dir = next;
-                i++;
-            }
-        } else if (!strcmp(a, "--cache-size")) {
-            if (parse_u64(a, next, 1, UINT64_MAX / MIB, &v)) return 2;
-            cfg.cache_max_bytes = v * MIB;
-            i++;
-        } else if (IS("-m", "--mem")) {
-            if (parse_u64(a, next, 1, UINT64_MAX / MIB, &v)) return 2;
-            cfg.mem_limit = v * MIB;
-            cfg.max_payload = cfg.mem_limit;
-            i++;
-        } else if (!strcmp(a, "--max-conns")) {
-            if (parse_u64(a, next, 1, 4096, &v)) return 2;
-            cfg.max_conns = (int)v;
-            i++;
-        } else if (!strcmp(a, "--idle-timeout")) {
-            if (parse_u64(a, next, 0, 86400 * 365, &v)) return 2;
-            cfg.idle_timeout_ms = v * 1000 > INT32_MAX ? INT32_MAX : (int)(v * 1000);
-            i++;
-        } else if (!strcmp(a, "--transport")) {
-            struct ferry_error terr;
-            if (ferry_transport_parse(next, &cfg.transport, &terr) != FERRY_OK)
-                return fprintf(stderr, "ferry serve: --transport takes auto, tcp or rdma\n"), 2;
-            i++;
-        } else if (!strcmp(a, "--rdma-dev") || !strcmp(a, "--rdma-ip")) {
-            if (next == NULL) return fprintf(stderr, "ferry serve: %s needs a value\n", a), 2;
-            if (!strcmp(a, "--rdma-dev")) cfg.rdma_dev = next;
-            else cfg.rdma_ip = next;
-            i++;
-        } else if (!strcmp(a, "--log-level")) {
-            if (next == NULL || !ferry_log_parse_level(next, &level))
-                return fprintf(stderr, "ferry serve: --log-level takes error, warn, info or debug\n"), 2;
-            i++;
-        } else if (IS("-v", "--verbose")) {
-            level = FERRY_LOG_DEBUG;
-        } else {
-            fprintf(stderr, "ferry serve: unknown option '%s' (see ferry serve --help)\n", a);
-            return 2;
-        }
-#undef IS
+    uint64_t cache_mib = cfg.cache_max_bytes / MIB, mem_mib = 0, idle_s = 0;
+    bool verbose = false;
+    struct opt opts[] = {
+        { .names = "-H|--host", .kind = OPT_STRING, .dest = &cfg.host, .arg = "HOST", .help = "IPv4 address to bind (default 127.0.0.1)" },
+        { .names = "-p|--port", .kind = OPT_INT, .dest = &cfg.port, .arg = "PORT", .help = "port to listen on (default 50052; 0 = any free port)", .lo = 0, .hi = 65535 },
+        { .names = "-t|--threads", .kind = OPT_INT, .dest = &cfg.n_threads, .arg = "N", .help = "compute threads (default: cores / 2)", .lo = 1, .hi = 1 << 20 },
+        { .names = "-d|--device", .kind = OPT_FN, .dest = NULL, .arg = "LIST", .help = "devices to serve, comma separated (available: CPU)", .fn = read_devices },
+        { .names = "-c|--cache", .kind = OPT_STRING, .dest = &cache_dir, .arg = "DIR",
+          .help = "enable the tensor cache (default dir: $LLAMA_CACHE/rpc,\n"
+          "else $XDG_CACHE_HOME/llama.cpp/rpc, else ~/.cache/llama.cpp/rpc);\n"
+          "checked writable at start",
+          .optional = true },
+        { .names = "--cache-size", .kind = OPT_U64, .dest = &cache_mib, .arg = "MiB", .help = "cache size bound, least recently used evicted (default 10240)", .lo = 1,
+          .hi = (double)(UINT64_MAX / MIB) },
+        { .names = "-m|--mem", .kind = OPT_U64, .dest = &mem_mib, .arg = "MiB", .help = "memory all clients together may allocate (default: physical RAM)", .lo = 1,
+          .hi = (double)(UINT64_MAX / MIB) },
+        { .names = "--max-conns", .kind = OPT_INT, .dest = &cfg.max_conns, .arg = "N", .help = "connections served at once (default 16)", .lo = 1, .hi = 4096 },
+        { .names = "--idle-timeout", .kind = OPT_U64, .dest = &idle_s, .arg = "S", .help = "drop a client idle for S seconds (default 0 = never)", .lo = 0,
+          .hi = 86400.0 * 365 },
+        { .names = "--transport", .kind = OPT_FN, .dest = &cfg.transport, .arg = "T",
+          .help = "auto | tcp | rdma (default auto: RDMA for clients that offer it;\n"
+          "rdma: required, clients without it are refused)",
+          .fn = opt_read_transport },
+        { .names = "--rdma-dev", .kind = OPT_STRING, .dest = &cfg.rdma_dev, .arg = "NAME",
+          .help = "RDMA device (default $FERRY_RDMA_DEV, else the one whose GID is\n"
+          "the address a client connected to)" },
+        { .names = "--rdma-ip", .kind = OPT_STRING, .dest = &cfg.rdma_ip, .arg = "ADDR", .help = "use the RDMA GID of this IPv4 address (default $FERRY_RDMA_IP)" },
+        { .names = "--log-level", .kind = OPT_FN, .dest = &level, .arg = "L", .help = "error | warn | info | debug (default info)", .fn = opt_read_log_level },
+        { .names = "-v|--verbose", .kind = OPT_FLAG, .dest = &verbose, .arg = NULL, .help = "same as --log-level debug" },
+        { 0 },
+    };
+    const struct opts_cmd cmd = {
+        "serve", "serve [options]",
+        "Runs a ggml RPC server on ferry's CPU engine; the options are llama.cpp rpc-server's, and more.",
+        opts,
+        "Never expose the server to an open network: the protocol has no authentication.",
+    };
+    int parsed = opts_parse(&cmd, argc, argv);
+    if (parsed >= 0) return parsed;
+    if (verbose) level = FERRY_LOG_DEBUG;
+    if (opts_find(&cmd, "-t")->seen && cli_check_threads("serve", "-t", cfg.n_threads)) return EXIT_USAGE;
+    if (opts_find(&cmd, "--cache-size")->seen) cfg.cache_max_bytes = cache_mib * MIB;
+    if (mem_mib) {
+        cfg.mem_limit = mem_mib * MIB;
+        cfg.max_payload = cfg.mem_limit;
     }
+    if (idle_s) cfg.idle_timeout_ms = idle_s * 1000 > INT32_MAX ? INT32_MAX : (int)(idle_s * 1000);
+    bool cache = opts_find(&cmd, "-c")->seen > 0;
     ferry_log_set_level(level);
     if (cache && cache_dir == NULL) {
         if (ferry_cache_default_dir(default_dir, sizeof default_dir) != 0) {
             fprintf(stderr, "ferry serve: no default cache dir (set LLAMA_CACHE or HOME, or pass -c DIR)\n");
-            return 2;
+            return EXIT_USAGE;
         }
         cache_dir = default_dir;
     }
@@ -199,7 +165,11 @@ static int cmd_serve(int argc, char **argv) {
     struct ferry_error err;
     if (ferry_server_create(&cfg, &s, &err) != FERRY_OK) {
         fprintf(stderr, "ferry serve: %s\n", err.msg);
-        return 1;
+        return EXIT_RUNTIME;
+    }
+    if (cfg.cache_dir && check_cache_writable(cfg.cache_dir)) {
+        ferry_server_destroy(s);
+        return EXIT_RUNTIME;
     }
     if (!is_loopback(cfg.host))
         fprintf(stderr,
@@ -259,15 +229,26 @@ static int cmd_serve(int argc, char **argv) {
     ferry_server_destroy(s);
     if (rc != FERRY_OK) {
         fprintf(stderr, "ferry serve: %s\n", err.msg);
-        return 1;
+        return EXIT_RUNTIME;
     }
     return 0;
 }
 
+static void bench_usage(FILE *out) {
+    fprintf(out,
+            "usage: ferry bench model|rpc|net [options]\n"
+            "  model  prompt and generation speed of a model, local or split (ferry bench model --help)\n"
+            "  rpc    measure any ggml RPC server against the bare TCP link (ferry bench rpc --help)\n"
+            "  net    the bare TCP link alone: --listen peer / --connect measure (ferry bench net --help)\n"
+            "\nexit status: 0 success, 1 runtime error, 2 usage error\n");
+}
+
+static bool is_help(const char *a) { return !strcmp(a, "-h") || !strcmp(a, "--help") || !strcmp(a, "help"); }
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr);
-        return 2;
+        return EXIT_USAGE;
     }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 2, argv + 2);
@@ -276,22 +257,31 @@ int main(int argc, char **argv) {
         const char *what = argc > 2 ? argv[2] : "";
         if (!strcmp(what, "rpc")) return ferry_bench_rpc_main(argc - 3, argv + 3, stdout);
         if (!strcmp(what, "net")) return ferry_bench_net_main(argc - 3, argv + 3, stdout);
-        if (!strcmp(what, "model")) return ferry_cli_bench_model(argc - 2, argv + 2);
-        fprintf(stderr, "ferry bench: expected 'rpc', 'net' or 'model'\n");
-        return 2;
+        if (!strcmp(what, "model")) return ferry_cli_bench_model(argc - 3, argv + 3);
+        if (is_help(what)) {
+            bench_usage(stdout);
+            return 0;
+        }
+        if (!strcmp(what, "--version")) {
+            opts_print_version(stdout);
+            return 0;
+        }
+        if (*what) fprintf(stderr, "ferry bench: unknown benchmark '%s'\n", what);
+        else fprintf(stderr, "ferry bench: which benchmark?\n");
+        bench_usage(stderr);
+        return EXIT_USAGE;
     }
-    if (!strcmp(cmd, "run")) return ferry_cli_run(argc - 1, argv + 1);
-    if (!strcmp(cmd, "gen-model")) return ferry_cli_gen_model(argc - 1, argv + 1);
-    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
-        printf("ferry %s (ggml RPC protocol %d.%d.%d)\n", FERRY_VERSION_STRING, FERRY_RPC_VERSION_MAJOR,
-               FERRY_RPC_VERSION_MINOR, FERRY_RPC_VERSION_PATCH);
+    if (!strcmp(cmd, "run")) return ferry_cli_run(argc - 2, argv + 2);
+    if (!strcmp(cmd, "gen-model")) return ferry_cli_gen_model(argc - 2, argv + 2);
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version") || !strcmp(cmd, "-V")) {
+        opts_print_version(stdout);
         return 0;
     }
-    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+    if (is_help(cmd)) {
         usage(stdout);
         return 0;
     }
     fprintf(stderr, "ferry: unknown command '%s'\n", cmd);
     usage(stderr);
-    return 2;
+    return EXIT_USAGE;
 }

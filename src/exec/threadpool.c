@@ -3,6 +3,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/syscall.h>
@@ -16,6 +17,7 @@ struct worker {
 
 struct ferry_threadpool {
     int n_threads;
+    unsigned spins; /* barrier spins before sleeping; 0 when oversubscribed */
     struct worker *workers;
 
     pthread_mutex_t lock;
@@ -50,8 +52,18 @@ static void futex_wake_all(atomic_int *addr) {
 
 /* Spin while the wait is likely short (a node's work split evenly); then
  * sleep, so that on a busy machine a waiting thread hands its core to the
- * one everybody waits for instead of burning the time slice it needs. */
+ * one everybody waits for instead of burning the time slice it needs.
+ * With more threads than CPUs the thread everybody waits for is often not
+ * running at all: spinning only delays it, so such a pool sleeps at once. */
 #define BARRIER_SPINS 2048
+
+static int cpus_allowed(void) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
 
 void ferry_threadpool_barrier(struct ferry_threadpool *pool) {
     if (pool->n_threads == 1) return;
@@ -63,7 +75,7 @@ void ferry_threadpool_barrier(struct ferry_threadpool *pool) {
         if (atomic_load(&pool->barrier_sleepers) > 0) futex_wake_all(&pool->barrier_sense);
         return;
     }
-    for (unsigned spins = 0; spins < BARRIER_SPINS; spins++) {
+    for (unsigned spins = 0; spins < pool->spins; spins++) {
         if (atomic_load_explicit(&pool->barrier_sense, memory_order_acquire) != sense) return;
         cpu_relax();
     }
@@ -103,6 +115,7 @@ struct ferry_threadpool *ferry_threadpool_create(int n_threads) {
     struct ferry_threadpool *pool = calloc(1, sizeof *pool);
     if (!pool) return NULL;
     pool->n_threads = n_threads;
+    pool->spins = n_threads <= cpus_allowed() ? BARRIER_SPINS : 0;
     pthread_mutex_init(&pool->lock, NULL);
     pthread_cond_init(&pool->wake, NULL);
     pthread_cond_init(&pool->done, NULL);

@@ -2,8 +2,9 @@
  *
  * The caller's thread is thread 0, so a pool of n threads starts n-1
  * workers. Between jobs the workers sleep on a condition variable; inside a
- * job, ferry_threadpool_barrier() spins briefly and then yields, which keeps
- * the per-node synchronization of a decode step cheap. */
+ * job, ferry_threadpool_barrier() spins briefly and then sleeps on a futex,
+ * which keeps the per-node synchronization of a decode step cheap; a pool
+ * with more threads than the CPUs it may run on sleeps without spinning. */
 #ifndef FERRY_THREADPOOL_H
 #define FERRY_THREADPOOL_H
 

@@ -257,8 +257,17 @@ static bool pwrite_all(int fd, const void *p, size_t n, uint64_t off) {
     return true;
 }
 
-/* Generates one tensor a chunk of rows at a time and writes it in place. */
-static bool write_tensor(int fd, const struct gen_tensor *t, uint64_t seed, float *f, void *q, int64_t chunk) {
+/* Bytes written so far, for the caller's progress callback. */
+struct gen_progress {
+    int (*fn)(void *ud, uint64_t done, uint64_t total);
+    void *ud;
+    uint64_t done, total;
+};
+
+/* Generates one tensor a chunk of rows at a time and writes it in place:
+ * 0, -1 on a write error (errno), 1 when the progress callback stopped it. */
+static int write_tensor(int fd, const struct gen_tensor *t, uint64_t seed, float *f, void *q, int64_t chunk,
+                        struct gen_progress *pr) {
     const size_t row_bytes = ferry_row_size(t->type, t->ne[0]);
     const int64_t rows_per_chunk = chunk / t->ne[0] > 0 ? chunk / t->ne[0] : 1;
     const ferry_from_float_fn quant = quantizer(t->type);
@@ -267,9 +276,11 @@ static bool write_tensor(int fd, const struct gen_tensor *t, uint64_t seed, floa
         const int64_t nr = t->ne[1] - r0 < rows_per_chunk ? t->ne[1] - r0 : rows_per_chunk;
         fill_normal(&s, f, nr * t->ne[0], t->mean, t->std);
         quant(f, q, nr * t->ne[0]);
-        if (!pwrite_all(fd, q, row_bytes * (size_t)nr, t->offset + (uint64_t)r0 * row_bytes)) return false;
+        if (!pwrite_all(fd, q, row_bytes * (size_t)nr, t->offset + (uint64_t)r0 * row_bytes)) return -1;
+        pr->done += row_bytes * (uint64_t)nr;
+        if (pr->fn && pr->fn(pr->ud, pr->done, pr->total)) return 1;
     }
-    return true;
+    return 0;
 }
 
 static void format_count(char *buf, size_t cap, uint64_t n) {
@@ -339,23 +350,42 @@ static int layout(struct ferry_gguf_writer *w, struct plan *pl, const char *tmp,
     return rc;
 }
 
-static int fill_tensors(const struct plan *pl, uint64_t seed, const char *tmp, struct ferry_error *err) {
+/* Errors name the file the user asked for (path), not the temporary one. */
+static int fill_tensors(const struct plan *pl, const struct ferry_gen_params *p, const char *tmp, const char *path,
+                        struct ferry_error *err) {
     int64_t chunk = CHUNK_ELEMS;
-    for (size_t i = 0; i < pl->n; i++)
+    struct gen_progress pr = { p->progress, p->progress_ud, 0, 0 };
+    for (size_t i = 0; i < pl->n; i++) {
         if (pl->t[i].ne[0] > chunk) chunk = pl->t[i].ne[0];
+        pr.total += tensor_bytes(&pl->t[i]);
+    }
     float *f = malloc((size_t)chunk * sizeof *f);
     void *q = malloc((size_t)chunk * sizeof(float)); /* no type is wider than f32 */
     int fd = open(tmp, O_WRONLY | O_CLOEXEC);
     int rc = FERRY_OK;
     if (!f || !q) rc = ferry_fail(err, FERRY_ERR_NOMEM, "gen: out of memory");
-    else if (fd < 0) rc = ferry_fail(err, FERRY_ERR_IO, "%s: %s", tmp, strerror(errno));
-    for (size_t i = 0; i < pl->n && rc == FERRY_OK; i++)
-        if (!write_tensor(fd, &pl->t[i], seed, f, q, chunk))
-            rc = ferry_fail(err, FERRY_ERR_IO, "%s: writing %s failed: %s", tmp, pl->t[i].name, strerror(errno));
-    if (fd >= 0 && close(fd) != 0 && rc == FERRY_OK) rc = ferry_fail(err, FERRY_ERR_IO, "%s: %s", tmp, strerror(errno));
+    else if (fd < 0) rc = ferry_fail(err, FERRY_ERR_IO, "%s: %s", path, strerror(errno));
+    for (size_t i = 0; i < pl->n && rc == FERRY_OK; i++) {
+        int w = write_tensor(fd, &pl->t[i], p->seed, f, q, chunk, &pr);
+        if (w < 0) rc = ferry_fail(err, FERRY_ERR_IO, "%s: writing %s failed: %s", path, pl->t[i].name, strerror(errno));
+        else if (w > 0) rc = ferry_fail(err, FERRY_ERR_IO, "%s: stopped, nothing written", path);
+    }
+    if (fd >= 0 && close(fd) != 0 && rc == FERRY_OK) rc = ferry_fail(err, FERRY_ERR_IO, "%s: %s", path, strerror(errno));
     free(f);
     free(q);
     return rc;
+}
+
+/* The GGUF writer's messages name the file it wrote (our temporary one, or
+ * its own temporary beside it): name the target instead. */
+static void name_target(struct ferry_error *err, const char *tmp, const char *path) {
+    if (!err) return;
+    char *at = strstr(err->msg, tmp);
+    if (!at) return;
+    const char *rest = at + strcspn(at, ":");
+    char msg[sizeof err->msg];
+    snprintf(msg, sizeof msg, "%.*s%s%s", (int)(at - err->msg), err->msg, path, rest);
+    snprintf(err->msg, sizeof err->msg, "%s", msg);
 }
 
 int ferry_gen_model(const struct ferry_gen_params *p, const char *path, struct ferry_error *err) {
@@ -368,9 +398,9 @@ int ferry_gen_model(const struct ferry_gen_params *p, const char *path, struct f
     struct ferry_gguf_writer *w = ferry_gguf_writer_new();
     if (!w || make_plan(p, &pl) != FERRY_OK) rc = ferry_fail(err, FERRY_ERR_NOMEM, "gen: out of memory");
     if (!rc) rc = add_metadata(w, p, err);
-    if (!rc) rc = layout(w, &pl, tmp, err);
+    if (!rc && (rc = layout(w, &pl, tmp, err))) name_target(err, tmp, path);
     ferry_gguf_writer_free(w); /* the metadata is in the file now */
-    if (!rc) rc = fill_tensors(&pl, p->seed, tmp, err);
+    if (!rc) rc = fill_tensors(&pl, p, tmp, path, err);
     if (!rc && rename(tmp, path) != 0) rc = ferry_fail(err, FERRY_ERR_IO, "%s: %s", path, strerror(errno));
     if (rc) unlink(tmp);
     free(pl.t);

@@ -202,6 +202,7 @@ static int parse(struct ferry_gguf *g, struct ferry_error *err) {
     struct cursor c = { g->base, 0, g->size };
     const uint8_t *magic;
     uint64_t n_tensors, n_kv;
+    if (g->size == 0) return ferry_fail(err, FERRY_ERR_INVALID, "gguf: empty file (0 bytes)");
     if (!take(&c, 4, &magic) || memcmp(magic, "GGUF", 4) != 0)
         return ferry_fail(err, FERRY_ERR_INVALID, "gguf: bad magic (not a GGUF file)");
     if (!rd_u32(&c, &g->version) || !rd_u64(&c, &n_tensors) || !rd_u64(&c, &n_kv))
