@@ -65,6 +65,8 @@ struct ferry_model_node_info {
     uint32_t cache_hits;          /* uploads the server's hash cache answered */
     uint32_t local_hits;          /* weights the server filled from its own model file */
     uint64_t local_bytes;         /* their bytes: neither read nor sent by the client */
+    uint64_t cache_bytes;         /* bytes of the cache hits */
+    double load_seconds;          /* putting this node's weights in place */
     uint64_t bytes_out, bytes_in; /* RPC bytes since load, headers included */
     uint64_t requests;            /* RPC requests since load */
     uint64_t graphs_sent, graphs_recomputed;

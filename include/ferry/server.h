@@ -73,7 +73,8 @@ struct ferry_server_stats {
     uint64_t commands, bytes_in, bytes_out;
     uint64_t graphs_computed, compute_ns;
     uint64_t cache_hits, cache_misses, cache_files, cache_bytes;
-    uint64_t local_hits, local_bytes;  /* SET_TENSOR_HASH answered from the local weights */
+    uint64_t local_hits, local_bytes;  /* tensors (and bytes) filled from the local model files */
+    uint64_t local_files, local_tensors, local_indexed_bytes; /* what those files hold */
     uint64_t cpu_user_ns, cpu_sys_ns; /* the server process's CPU time */
 };
 void ferry_server_get_stats(struct ferry_server *s, struct ferry_server_stats *out);

@@ -75,28 +75,24 @@ static bool is_loopback(const char *host) {
     return !strcmp(host, "localhost") || !strncmp(host, "127.", 4);
 }
 
-/* The server opens (and creates) its cache directory at start but writes
- * into it only when a client sends a tensor: prove now that it can, rather
- * than fail on every connection. */
-static int check_cache_writable(const char *dir) {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/.ferry-write-test.%ld", dir, (long)getpid());
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0 || write(fd, "x", 1) != 1) {
-        int e = errno;
-        if (fd >= 0) {
-            close(fd);
-            unlink(path);
-        }
-        fprintf(stderr, "ferry serve: cache dir %s is not writable: %s\n", dir, strerror(e));
+/* --model, repeatable: the paths in order. */
+struct model_list {
+    const char *path[64];
+    int n;
+};
+
+static int read_model(const char *cmd, const char *name, const char *value, void *dest) {
+    struct model_list *l = dest;
+    if (l->n == (int)(sizeof l->path / sizeof l->path[0])) {
+        fprintf(stderr, "ferry %s: %s: at most %d paths (name a directory instead)\n", cmd, name, l->n);
         return -1;
     }
-    close(fd);
-    unlink(path);
+    l->path[l->n++] = value;
     return 0;
 }
 
 static int cmd_serve(int argc, char **argv) {
+    struct model_list models = { .n = 0 };
     struct ferry_server_config cfg;
     ferry_server_config_defaults(&cfg);
     const char *cache_dir = NULL;
@@ -114,6 +110,9 @@ static int cmd_serve(int argc, char **argv) {
           "else $XDG_CACHE_HOME/llama.cpp/rpc, else ~/.cache/llama.cpp/rpc);\n"
           "checked writable at start",
           .optional = true },
+        { .names = "--model", .kind = OPT_FN, .dest = &models, .arg = "PATH",
+          .help = "a GGUF file, or a directory of them, whose tensors clients get from\n"
+          "this disk instead of the network (repeatable; indexed at start)", .fn = read_model },
         { .names = "--cache-size", .kind = OPT_U64, .dest = &cache_mib, .arg = "MiB", .help = "cache size bound, least recently used evicted (default 10240)", .lo = 1,
           .hi = (double)(UINT64_MAX / MIB) },
         { .names = "-m|--mem", .kind = OPT_U64, .dest = &mem_mib, .arg = "MiB", .help = "memory all clients together may allocate (default: physical RAM)", .lo = 1,
@@ -159,16 +158,14 @@ static int cmd_serve(int argc, char **argv) {
         cache_dir = default_dir;
     }
     cfg.cache_dir = cache ? cache_dir : NULL;
+    cfg.model_paths = models.path;
+    cfg.n_model_paths = models.n;
 
     signal(SIGPIPE, SIG_IGN); /* the transport uses MSG_NOSIGNAL; this is a second belt */
     struct ferry_server *s = NULL;
     struct ferry_error err;
     if (ferry_server_create(&cfg, &s, &err) != FERRY_OK) {
         fprintf(stderr, "ferry serve: %s\n", err.msg);
-        return EXIT_RUNTIME;
-    }
-    if (cfg.cache_dir && check_cache_writable(cfg.cache_dir)) {
-        ferry_server_destroy(s);
         return EXIT_RUNTIME;
     }
     if (!is_loopback(cfg.host))
@@ -190,6 +187,12 @@ static int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "  cache      : %s (bound %" PRIu64 " MiB)\n", cfg.cache_dir, cfg.cache_max_bytes / MIB);
     else
         fprintf(stderr, "  cache      : n/a\n");
+    struct ferry_server_stats st0;
+    ferry_server_get_stats(s, &st0);
+    if (st0.local_files)
+        fprintf(stderr, "  models     : %" PRIu64 " file%s, %" PRIu64 " tensors, %.2f GiB served from this disk\n",
+                st0.local_files, st0.local_files == 1 ? "" : "s", st0.local_tensors,
+                (double)st0.local_indexed_bytes / (1024.0 * MIB));
     char why[256], devs[2048];
     bool rdma = cfg.transport != FERRY_TRANSPORT_TCP && ferry_rdma_available(why, sizeof why);
     if (cfg.transport == FERRY_TRANSPORT_TCP) snprintf(why, sizeof why, "off (--transport tcp)");
@@ -222,9 +225,10 @@ static int cmd_serve(int argc, char **argv) {
     struct ferry_server_stats st;
     ferry_server_get_stats(s, &st);
     ferry_log_info("stopped: %" PRIu64 " connections (%" PRIu64 " refused, %" PRIu64 " dropped), %" PRIu64
-                   " commands, %" PRIu64 " graphs, cache %" PRIu64 " hits / %" PRIu64 " misses",
+                   " commands, %" PRIu64 " graphs, cache %" PRIu64 " hits / %" PRIu64 " misses, %" PRIu64
+                   " tensors from local models",
                    st.conns_accepted, st.conns_refused, st.conns_dropped, st.commands, st.graphs_computed,
-                   st.cache_hits, st.cache_misses);
+                   st.cache_hits, st.cache_misses, st.local_hits);
     g_server = NULL;
     ferry_server_destroy(s);
     if (rc != FERRY_OK) {

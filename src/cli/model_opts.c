@@ -175,7 +175,10 @@ void nodes_print(FILE *out, struct ferry_model *m, const struct node_snap *befor
         fprintf(out, "  %-22s %-6s %-26s weights %8.1f MiB", ni->name, ni->transport, what,
                 (double)ni->weight_bytes / MIB);
         if (strcmp(ni->transport, "local")) {
-            fprintf(out, ", sent %.1f MiB at load (%u from cache)", (double)ni->uploaded_bytes / MIB, ni->cache_hits);
+            fprintf(out, ", load %.2f s: sent %.1f MiB, %.1f MiB from its cache (%u tensors), %.1f MiB from its "
+                         "own model file (%u)",
+                    ni->load_seconds, (double)ni->uploaded_bytes / MIB, (double)ni->cache_bytes / MIB, ni->cache_hits,
+                    (double)ni->local_bytes / MIB, ni->local_hits);
             if (before && steps > 0 && i < before->n)
                 fprintf(out, ", per token %.2f KiB out, %.2f KiB in, %.1f requests",
                         (double)(ni->bytes_out - before->ni[i].bytes_out) / 1024.0 / (double)steps,
@@ -199,9 +202,11 @@ void nodes_json(FILE *out, struct ferry_model *m, const struct node_snap *before
                 ni->transport, ni->embed ? "true" : "false", ni->output ? "true" : "false", ni->layer_first,
                 ni->layer_count, ni->weight_bytes);
         if (strcmp(ni->transport, "local")) {
-            fprintf(out, ", \"uploaded_bytes\": %" PRIu64 ", \"cache_hits\": %u, \"bytes_out\": %" PRIu64
-                         ", \"bytes_in\": %" PRIu64 ", \"requests\": %" PRIu64,
-                    ni->uploaded_bytes, ni->cache_hits, ni->bytes_out, ni->bytes_in, ni->requests);
+            fprintf(out, ", \"load_seconds\": %.3f, \"uploaded_bytes\": %" PRIu64 ", \"cache_hits\": %u, "
+                         "\"cache_bytes\": %" PRIu64 ", \"local_hits\": %u, \"local_bytes\": %" PRIu64
+                         ", \"bytes_out\": %" PRIu64 ", \"bytes_in\": %" PRIu64 ", \"requests\": %" PRIu64,
+                    ni->load_seconds, ni->uploaded_bytes, ni->cache_hits, ni->cache_bytes, ni->local_hits,
+                    ni->local_bytes, ni->bytes_out, ni->bytes_in, ni->requests);
             if (before && steps > 0 && i < before->n)
                 fprintf(out, ", \"per_token_bytes_out\": %.1f, \"per_token_bytes_in\": %.1f, "
                              "\"per_token_requests\": %.2f",

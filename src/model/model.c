@@ -45,8 +45,9 @@ struct stage {
     uint8_t *blob_host; /* remote: the inputs, packed before upload */
     size_t blob_cap;
     /* load figures */
-    uint64_t weight_bytes, uploaded_bytes, local_bytes;
+    uint64_t weight_bytes, uploaded_bytes, local_bytes, cache_bytes;
     uint32_t cache_hits, local_hits;
+    double load_seconds; /* this node's weights */
     struct ferry_client_stats stats0; /* at the end of load */
 };
 
@@ -220,7 +221,7 @@ static int send_weight(struct ferry_model *m, struct stage *st, int i, struct fe
                                      : ferry_client_upload(st->client, t, 0, st->weight_src[i], n, &hit, err);
     if (rc) return rc;
     if (hit)
-        st->cache_hits++;
+        st->cache_hits++, st->cache_bytes += n;
     else
         st->uploaded_bytes += n;
     return FERRY_OK;
@@ -234,6 +235,8 @@ static int upload_weights(struct ferry_model *m, struct stage *st, uint64_t alig
     int rc = ferry_client_alloc_buffer(st->client, 0, total ? total : 1, &st->wbuf, err);
     if (rc) return rc;
     uint64_t off = 0, done = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     if (m->params.progress) m->params.progress(m->params.progress_ud, st->name, 0, st->weight_bytes);
     for (int i = 0; i < st->n_weights && !rc; i++) {
         struct ferry_tensor *t = &st->weights[i];
@@ -245,6 +248,8 @@ static int upload_weights(struct ferry_model *m, struct stage *st, uint64_t alig
         done += n;
         if (m->params.progress) m->params.progress(m->params.progress_ud, st->name, done, st->weight_bytes);
     }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    st->load_seconds = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     return rc;
 }
 
@@ -568,7 +573,7 @@ int ferry_model_reset(struct ferry_model *m, struct ferry_error *err) {
         if (st->client && ferry_client_is_broken(st->client)) {
             /* buffers come back at the same place_base: the placed weights stay valid */
             rc = ferry_client_reconnect(st->client, err);
-            st->uploaded_bytes = st->local_bytes = 0;
+            st->uploaded_bytes = st->local_bytes = st->cache_bytes = 0;
             st->cache_hits = st->local_hits = 0;
             for (int i = 0; i < st->n_weights && !rc; i++) rc = send_weight(m, st, i, err);
         }
@@ -623,6 +628,8 @@ void ferry_model_node_info(const struct ferry_model *m, int i, struct ferry_mode
     o->cache_hits = st->cache_hits;
     o->local_hits = st->local_hits;
     o->local_bytes = st->local_bytes;
+    o->cache_bytes = st->cache_bytes;
+    o->load_seconds = st->load_seconds;
     if (st->client) {
         struct ferry_client_stats now;
         ferry_client_get_stats(st->client, &now);

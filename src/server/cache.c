@@ -219,6 +219,18 @@ int ferry_cache_open(const char *dir, uint64_t max_bytes, struct ferry_cache **o
     *out = NULL;
     if (mkdir_p(dir) != 0)
         return ferry_fail(err, FERRY_ERR_IO, "cache dir %s: %s", dir, strerror(errno));
+    /* files are written only when a client sends a tensor: prove now that
+     * they can be, rather than fail on every connection */
+    char probe[4200];
+    snprintf(probe, sizeof probe, "%s/.tmp-write-test-%016" PRIx64, dir, buffers_random_u64());
+    int pfd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (pfd < 0 || write(pfd, "x", 1) != 1) {
+        int e = errno;
+        if (pfd >= 0) close(pfd), unlink(probe);
+        return ferry_fail(err, FERRY_ERR_IO, "cache dir %s is not writable: %s", dir, strerror(e));
+    }
+    close(pfd);
+    unlink(probe);
     DIR *d = opendir(dir);
     if (d == NULL) return ferry_fail(err, FERRY_ERR_IO, "cache dir %s: %s", dir, strerror(errno));
     struct ferry_cache *c = calloc(1, sizeof *c);

@@ -276,6 +276,9 @@ void ferry_server_get_stats(struct ferry_server *s, struct ferry_server_stats *o
         ferry_local_weights_get_stats(s->local, &ls);
         out->local_hits = ls.hits;
         out->local_bytes = ls.bytes_served;
+        out->local_files = ls.files;
+        out->local_tensors = ls.tensors;
+        out->local_indexed_bytes = ls.bytes;
     }
     if (s->cache) {
         struct ferry_cache_stats cs;
