@@ -34,6 +34,7 @@ struct cache_entry {
     uint64_t size;
     uint64_t last_use; /* a logical clock: larger = more recent */
     bool verified;     /* id below holds */
+    bool durable;      /* and the file was on disk (synced) after it last changed */
     struct file_id id;
 };
 
@@ -59,7 +60,7 @@ struct ferry_cache {
     bool writing;
     uint64_t skipped, bad_hashes;
     bool verdicts_dirty; /* the verdict file lags the index */
-    uint64_t verdicts_written_ns;
+    bool needs_sync;     /* a verdict is not yet durable */
     uint64_t max_bytes;
     pthread_mutex_t lock;
     struct cache_entry *v;
@@ -124,7 +125,7 @@ static void evict(struct ferry_cache *c, uint64_t keep) {
         if (lru == NULL) break;
         ferry_log_info("cache: evicting %016" PRIx64 " (%" PRIu64 " bytes)", lru->hash, lru->size);
         drop(c, lru, true);
-        c->verdicts_dirty = true;
+        c->verdicts_dirty = c->needs_sync = true;
     }
 }
 
@@ -178,24 +179,17 @@ static void verdicts_read(struct ferry_cache *c) {
                        &id.ino, &id.size, &id.mtime_ns, &id.ctime_ns) != 6)
                 continue;
             struct cache_entry *e = find(c, hash);
-            if (e && e->size == id.size) e->verified = true, e->id = id;
+            if (e && e->size == id.size) e->verified = e->durable = true, e->id = id;
         }
     }
     fclose(f);
 }
 
-/* Rewrites the verdict file (temp file and rename) when it lags; called
- * with the lock held, after the file I/O of a load or store. A verdict
- * gained or lost is written at once; a hit that only touched a verified
- * file's times at most once a second, and at close (a crash in between
- * costs one re-hash of those files). */
-static void verdicts_write(struct ferry_cache *c, bool now) {
+/* Rewrites the verdict file (temp file and rename) when it lags, listing
+ * only files known to be on disk as verified: after a crash, a file whose
+ * bytes never reached the disk must not pass for good. Lock held. */
+static void verdicts_write(struct ferry_cache *c) {
     if (!c->verdicts_dirty) return;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    const uint64_t t = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-    if (!now && t - c->verdicts_written_ns < 1000000000ull) return;
-    c->verdicts_written_ns = t;
     char path[4096], tmp[4096];
     snprintf(path, sizeof path, "%s/" VERDICT_FILE, c->dir);
     snprintf(tmp, sizeof tmp, "%s/.tmp-verdicts-%016" PRIx64, c->dir, buffers_random_u64());
@@ -204,12 +198,29 @@ static void verdicts_write(struct ferry_cache *c, bool now) {
     fprintf(f, VERDICT_MAGIC "\n");
     for (size_t i = 0; i < c->n; i++) {
         const struct cache_entry *e = &c->v[i];
-        if (e->verified)
+        if (e->verified && e->durable)
             fprintf(f, "%016" PRIx64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", e->hash,
                     e->id.dev, e->id.ino, e->id.size, e->id.mtime_ns, e->id.ctime_ns);
     }
     if (fclose(f) == 0 && rename(tmp, path) == 0) c->verdicts_dirty = false;
     else unlink(tmp);
+}
+
+/* One sync of the cache's file system, then every verified file counts as
+ * durable and the verdict file is rewritten. The writer does this when it
+ * runs out of stores (at most once a second) and at close, so files are
+ * written without an fsync each. Lock held on entry and exit. */
+static void sync_pass(struct ferry_cache *c) {
+    c->needs_sync = false;
+    pthread_mutex_unlock(&c->lock);
+    int fd = open(c->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    bool synced = fd >= 0 && syncfs(fd) == 0;
+    if (fd >= 0) close(fd);
+    pthread_mutex_lock(&c->lock);
+    if (!synced) return;
+    for (size_t i = 0; i < c->n; i++)
+        if (c->v[i].verified && !c->v[i].durable) c->v[i].durable = true, c->verdicts_dirty = true;
+    verdicts_write(c);
 }
 
 static void *writer_main(void *arg);
@@ -277,8 +288,20 @@ static void *writer_main(void *arg) {
     struct ferry_cache *c = arg;
     pthread_mutex_lock(&c->lock);
     for (;;) {
-        while (c->queue == NULL && !c->writer_stop) pthread_cond_wait(&c->work, &c->lock);
-        if (c->queue == NULL) break; /* stop, and nothing left */
+        while (c->queue == NULL && !c->writer_stop && !c->needs_sync) pthread_cond_wait(&c->work, &c->lock);
+        if (c->queue == NULL) {
+            if (c->needs_sync) {
+                sync_pass(c);
+                /* at most one pass a second: hits ask for one each */
+                struct timespec until;
+                clock_gettime(CLOCK_REALTIME, &until);
+                until.tv_sec += 1;
+                while (c->queue == NULL && !c->writer_stop)
+                    if (pthread_cond_timedwait(&c->work, &c->lock, &until) != 0) break;
+                continue;
+            }
+            break; /* stop, and nothing left */
+        }
         struct pending_store *p = c->queue;
         c->queue = p->next;
         if (c->queue == NULL) c->queue_tail = &c->queue;
@@ -298,7 +321,7 @@ static void *writer_main(void *arg) {
         c->writing = false;
         free(p->data);
         free(p);
-        if (c->queue == NULL) pthread_cond_broadcast(&c->idle);
+        pthread_cond_broadcast(&c->idle); /* room in the queue; maybe empty */
     }
     pthread_mutex_unlock(&c->lock);
     return NULL;
@@ -307,7 +330,12 @@ static void *writer_main(void *arg) {
 bool ferry_cache_store_async(struct ferry_cache *c, uint64_t hash, const void *data, uint64_t n) {
     if (n == 0 || n > c->max_bytes || n > MAX_PENDING_BYTES) return false;
     pthread_mutex_lock(&c->lock);
-    bool known = find(c, hash) != NULL, room = c->writer_started && c->pending_bytes + n <= MAX_PENDING_BYTES;
+    bool known = find(c, hash) != NULL;
+    /* a full queue holds the client back to the disk's pace rather than
+     * leave the model half cached */
+    while (!known && c->writer_started && !c->writer_stop && c->pending_bytes + n > MAX_PENDING_BYTES)
+        pthread_cond_wait(&c->idle, &c->lock);
+    bool room = c->writer_started && !c->writer_stop;
     if (!room && !known) c->skipped++;
     pthread_mutex_unlock(&c->lock);
     if (known || !room) return known;
@@ -346,7 +374,9 @@ void ferry_cache_close(struct ferry_cache *c) {
     }
     pthread_cond_destroy(&c->work);
     pthread_cond_destroy(&c->idle);
-    verdicts_write(c, true);
+    pthread_mutex_lock(&c->lock);
+    sync_pass(c);
+    pthread_mutex_unlock(&c->lock);
     pthread_mutex_destroy(&c->lock);
     free(c->v);
     free(c->dir);
@@ -395,7 +425,7 @@ static bool read_all(int fd, uint8_t *dst, uint64_t n) {
 int ferry_cache_load(struct ferry_cache *c, uint64_t hash, void *dst, uint64_t n) {
     char path[4096];
     file_path(c, hash, path, sizeof path);
-    bool ok = false, known = false;
+    bool ok = false, known = false; /* known: verified, and unchanged since */
     struct file_id id = { 0 };
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
@@ -428,8 +458,10 @@ int ferry_cache_load(struct ferry_cache *c, uint64_t hash, void *dst, uint64_t n
         if (e) {
             e->last_use = ++c->clock;
             e->verified = true;
+            e->durable = false; /* its times changed: the old record no longer fits it */
             e->id = id;
-            c->verdicts_dirty = true;
+            c->needs_sync = true;
+            pthread_cond_signal(&c->work);
         }
         c->hits++;
     } else {
@@ -437,8 +469,8 @@ int ferry_cache_load(struct ferry_cache *c, uint64_t hash, void *dst, uint64_t n
         forget(c, hash, true);
         c->misses++;
         c->verdicts_dirty = true;
+        verdicts_write(c);
     }
-    verdicts_write(c, !known);
     pthread_mutex_unlock(&c->lock);
     return ok ? FERRY_OK : FERRY_ERR_INVALID;
 }
@@ -469,7 +501,9 @@ int ferry_cache_store(struct ferry_cache *c, uint64_t hash, const void *data, ui
     snprintf(tmp, sizeof tmp, "%s/.tmp-%016" PRIx64 "-%016" PRIx64, c->dir, hash, buffers_random_u64());
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) return ferry_fail(err, FERRY_ERR_IO, "cache: %s: %s", tmp, strerror(errno));
-    if (write_all(fd, data, n) != 0 || fsync(fd) != 0) {
+    /* no fsync: the writer syncs the file system once per batch before any
+     * verdict on these files is kept across a restart (sync_pass) */
+    if (write_all(fd, data, n) != 0) {
         int e2 = errno;
         close(fd);
         unlink(tmp);
@@ -493,11 +527,11 @@ int ferry_cache_store(struct ferry_cache *c, uint64_t hash, const void *data, ui
             struct cache_entry *e = &c->v[c->n - 1];
             struct stat st;
             if (stat(path, &st) == 0) e->verified = true, e->id = file_id_of(&st);
-            c->verdicts_dirty = true;
+            c->needs_sync = true;
+            pthread_cond_signal(&c->work);
             evict(c, hash);
         }
     }
-    verdicts_write(c, true);
     pthread_mutex_unlock(&c->lock);
     if (rc == FERRY_OK) ferry_log_info("cache: saved %" PRIu64 " bytes to %s", n, path);
     return rc;

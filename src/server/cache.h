@@ -4,7 +4,8 @@
  * FNV-1a-64 of its bytes as "%016llx", directly in the cache directory.
  * Unlike ggml's, it never serves a file it has not verified (a mismatch
  * deletes the file and counts as a miss), writes atomically (temp file,
- * fsync, rename), and keeps its size under a bound by evicting the least
+ * rename; one syncfs per batch before a file's verdict outlives the
+ * process), and keeps its size under a bound by evicting the least
  * recently used files (an in-memory index built from the directory at
  * startup, ordered by mtime; a hit touches the file's mtime so the order
  * survives restarts). Verified once: a file is known good when written
@@ -34,7 +35,7 @@ struct ferry_cache_stats {
     uint64_t hits, misses, files, bytes;
     uint64_t rehashes; /* loads that re-hashed a file not verified since it last changed */
     uint64_t pending_bytes; /* queued for the writer */
-    uint64_t skipped;       /* async stores dropped: the queue was full */
+    uint64_t skipped;       /* async stores dropped: no writer thread, or closing */
     uint64_t bad_hashes;    /* async stores whose bytes did not hash to their name */
 };
 
@@ -55,8 +56,8 @@ int ferry_cache_load(struct ferry_cache *c, uint64_t hash, void *dst, uint64_t n
 void ferry_cache_note_miss(struct ferry_cache *c);
 /* Queues a copy of n bytes for the cache's writer thread, which checks
  * that they hash to hash, then stores them; the connection thread only
- * copies. False when not queued (already cached: true; the queue holds
- * too much: skipped and counted). */
+ * copies; when the queue holds 1 GiB it waits for room. False when not
+ * queued (true when already cached). */
 bool ferry_cache_store_async(struct ferry_cache *c, uint64_t hash, const void *data, uint64_t n);
 /* Waits until the writer has nothing queued or in hand (tests, benches). */
 void ferry_cache_flush(struct ferry_cache *c);
