@@ -125,9 +125,10 @@ options_documented() { # "command words" man pages...
     for opt in $("$prefix/bin/ferry" $cmd --help 2>&1 | grep -oE -- '--[a-z][a-z0-9-]*' | sort -u); do
         grep -qE -- "(^|[^a-z0-9-])$opt([^a-z0-9-]|$)" <<<"$text" || missing+=" $opt"
     done
-    check "ferry $cmd --help's options are in ${*##*/} (missing:${missing:- none})" test -z "$missing"
+    check "ferry${cmd:+ $cmd} --help's options are in ${*##*/} (missing:${missing:- none})" test -z "$missing"
 }
-options_documented serve "$man1/ferry.1" "$man1/ferry-serve.1" "$man1/ferry-bench.1"
+options_documented "" "$man1/ferry.1"
+options_documented serve "$man1/ferry-serve.1"
 options_documented run "$man1/ferry-run.1"
 options_documented gen-model "$man1/ferry-gen-model.1"
 options_documented "bench model" "$man1/ferry-bench.1"
