@@ -35,8 +35,9 @@ struct model_opts {
               "may use; more than its CPUs: a warning; above 4x or 512: refused)", \
       .lo = 1, .hi = 1 << 20 }, \
     { .names = "-c|--ctx-size", .kind = OPT_INT, .dest = &(o).mp.n_ctx, .arg = "N", \
-      .help = "KV cache length, rounded up to a multiple of 256 (default:\n" \
-              "min(4096, trained); above the trained context: a warning)", \
+      .help = "KV cache length, rounded up to a multiple of 256 (default: run:\n" \
+              "min(4096, trained); bench model: its longest test; above the\n" \
+              "trained context: a warning)", \
       .lo = 1, .hi = 1 << 20 }, \
     { .names = "-b|--batch-size", .kind = OPT_INT, .dest = &(o).mp.n_batch, .arg = "N", \
       .help = "prompt tokens per step (default 512)", .lo = 1, .hi = 1 << 16 }, \
