@@ -199,6 +199,14 @@ int ferry_client_set_tensor_hash(struct ferry_client *c, const struct ferry_tens
  * Use it for weights: the server caches what was probed. hit may be NULL. */
 int ferry_client_upload(struct ferry_client *c, const struct ferry_tensor *t, uint64_t offset,
                         const void *data, uint64_t size, bool *hit, struct ferry_error *err);
+/* The protocol's hash of tensor bytes (FNV-1a-64, as SET_TENSOR_HASH). */
+uint64_t ferry_fnv1a64(const void *data, size_t n);
+/* ferry_client_upload with the FNV-1a-64 of data already known (hashed
+ * by several threads at once, say): hash must be ferry's hash of those
+ * size bytes, or the server's cache refuses to store them. */
+int ferry_client_upload_hashed(struct ferry_client *c, const struct ferry_tensor *t, uint64_t offset,
+                               const void *data, uint64_t size, uint64_t hash, bool *hit,
+                               struct ferry_error *err);
 /* GET_TENSOR: the response lands straight in data. */
 int ferry_client_get_tensor(struct ferry_client *c, const struct ferry_tensor *t, uint64_t offset,
                             void *data, uint64_t size, struct ferry_error *err);

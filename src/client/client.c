@@ -433,9 +433,8 @@ int ferry_client_load_local(struct ferry_client *c, const struct ferry_tensor *t
     return rc;
 }
 
-int ferry_client_upload(struct ferry_client *c, const struct ferry_tensor *t, uint64_t offset,
-                        const void *data, uint64_t size, bool *hit, struct ferry_error *err) {
-    ERR_OR_LOCAL(err);
+static int upload(struct ferry_client *c, const struct ferry_tensor *t, uint64_t offset, const void *data,
+                  uint64_t size, const uint64_t *known_hash, bool *hit, struct ferry_error *err) {
     bool cached = false;
     pthread_mutex_lock(&c->lock);
     const uint64_t min = c->opts.hash_min_size               ? c->opts.hash_min_size
@@ -446,7 +445,7 @@ int ferry_client_upload(struct ferry_client *c, const struct ferry_tensor *t, ui
         if (hit) *hit = false;
         return ferry_client_set_tensor(c, t, offset, data, size, err);
     }
-    uint64_t hash = ferry_fnv1a64(data, size);
+    uint64_t hash = known_hash ? *known_hash : ferry_fnv1a64(data, size);
     pthread_mutex_lock(&c->lock);
     int rc = set_hash_locked(c, t, offset, size, hash, &cached, err);
     if (!rc && !cached) rc = set_tensor_locked(c, t, offset, data, size, err);
@@ -455,6 +454,18 @@ int ferry_client_upload(struct ferry_client *c, const struct ferry_tensor *t, ui
     pthread_mutex_unlock(&c->lock);
     if (hit) *hit = cached;
     return rc;
+}
+
+int ferry_client_upload(struct ferry_client *c, const struct ferry_tensor *t, uint64_t offset,
+                        const void *data, uint64_t size, bool *hit, struct ferry_error *err) {
+    ERR_OR_LOCAL(err);
+    return upload(c, t, offset, data, size, NULL, hit, err);
+}
+
+int ferry_client_upload_hashed(struct ferry_client *c, const struct ferry_tensor *t, uint64_t offset,
+                               const void *data, uint64_t size, uint64_t hash, bool *hit, struct ferry_error *err) {
+    ERR_OR_LOCAL(err);
+    return upload(c, t, offset, data, size, &hash, hit, err);
 }
 
 int ferry_client_get_tensor(struct ferry_client *c, const struct ferry_tensor *t, uint64_t offset,

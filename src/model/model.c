@@ -11,6 +11,8 @@
 #include "ferry/model.h"
 
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +24,7 @@
 #include "ferry/gguf.h"
 #include "ferry/log.h"
 #include "model/llama.h"
+#include "util/hash.h"
 
 #define KV_PAD 256 /* the attended KV length grows in steps of this: fewer distinct graphs */
 
@@ -200,25 +203,32 @@ static uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
 /* Sends weight i of a remote stage (through the hash cache unless the
  * caller said not to) and counts what it cost. */
-static int send_weight(struct ferry_model *m, struct stage *st, int i, struct ferry_error *err) {
-    struct ferry_tensor *t = &st->weights[i];
-    uint64_t n = ferry_nbytes(t);
-    bool hit = false;
-    /* a ferry server that holds model files may hold this one: then it
-     * fills the weight itself and the client never reads those bytes */
-    if (!m->params.no_hash_cache && ferry_client_server_has_local(st->client)) {
-        if (!m->have_content_key) m->content_key = ferry_gguf_content_key(m->gguf), m->have_content_key = true;
-        const uint64_t at = (uint64_t)((const uint8_t *)st->weight_src[i] - (const uint8_t *)ferry_gguf_base(m->gguf));
-        int rc = ferry_client_load_local(st->client, t, m->content_key, at, &hit, err);
-        if (rc) return rc;
-        if (hit) {
-            st->local_hits++;
-            st->local_bytes += n;
-            return FERRY_OK;
-        }
+/* A ferry server that holds the model file may fill weight i itself: then
+ * the client never reads those bytes. *filled says whether it did. */
+static int fill_from_server_copy(struct ferry_model *m, struct stage *st, int i, bool *filled,
+                                 struct ferry_error *err) {
+    *filled = false;
+    if (m->params.no_hash_cache || !ferry_client_server_has_local(st->client)) return FERRY_OK;
+    if (!m->have_content_key) m->content_key = ferry_gguf_content_key(m->gguf), m->have_content_key = true;
+    const uint64_t at = (uint64_t)((const uint8_t *)st->weight_src[i] - (const uint8_t *)ferry_gguf_base(m->gguf));
+    int rc = ferry_client_load_local(st->client, &st->weights[i], m->content_key, at, filled, err);
+    if (!rc && *filled) {
+        st->local_hits++;
+        st->local_bytes += ferry_nbytes(&st->weights[i]);
     }
+    return rc;
+}
+
+/* Sends weight i (through the hash cache unless the caller said not to;
+ * hash: its FNV-1a when already computed) and counts what it cost. */
+static int upload_weight(struct ferry_model *m, struct stage *st, int i, const uint64_t *hash,
+                         struct ferry_error *err) {
+    struct ferry_tensor *t = &st->weights[i];
+    const uint64_t n = ferry_nbytes(t);
+    bool hit = false;
     int rc = m->params.no_hash_cache ? ferry_client_set_tensor(st->client, t, 0, st->weight_src[i], n, err)
-                                     : ferry_client_upload(st->client, t, 0, st->weight_src[i], n, &hit, err);
+             : hash ? ferry_client_upload_hashed(st->client, t, 0, st->weight_src[i], n, *hash, &hit, err)
+                    : ferry_client_upload(st->client, t, 0, st->weight_src[i], n, &hit, err);
     if (rc) return rc;
     if (hit)
         st->cache_hits++, st->cache_bytes += n;
@@ -227,27 +237,100 @@ static int send_weight(struct ferry_model *m, struct stage *st, int i, struct fe
     return FERRY_OK;
 }
 
-/* Remote stages: one buffer for all weights, each sent once (through the
- * server's hash cache when it is large enough to be cached). */
+static int send_weight(struct ferry_model *m, struct stage *st, int i, struct ferry_error *err) {
+    bool filled = false;
+    int rc = fill_from_server_copy(m, st, i, &filled, err);
+    return rc || filled ? rc : upload_weight(m, st, i, NULL, err);
+}
+
+/* Hashing the weights to upload, several threads ahead of the sender: the
+ * protocol's FNV-1a is serial within a tensor, so tensors are hashed side
+ * by side, in upload order, and the sender waits only for the one it is at. */
+struct hash_ahead {
+    const struct stage *st;
+    const int *todo; /* weight indices, in upload order */
+    int n_todo;
+    uint64_t *hash;  /* by weight index */
+    bool *ready;
+    atomic_int next;
+    pthread_mutex_t lock;
+    pthread_cond_t done;
+};
+
+static void *hash_ahead_main(void *arg) {
+    struct hash_ahead *h = arg;
+    for (int j; (j = atomic_fetch_add(&h->next, 1)) < h->n_todo;) {
+        const int i = h->todo[j];
+        const uint64_t v = ferry_fnv1a64(h->st->weight_src[i], ferry_nbytes(&h->st->weights[i]));
+        pthread_mutex_lock(&h->lock);
+        h->hash[i] = v;
+        h->ready[i] = true;
+        pthread_cond_broadcast(&h->done);
+        pthread_mutex_unlock(&h->lock);
+    }
+    return NULL;
+}
+
+/* Remote stages: one buffer for all weights, each put in place once: by
+ * the server from its own copy of the model file when it has one, else
+ * through its hash cache (hashed in parallel), else sent. */
 static int upload_weights(struct ferry_model *m, struct stage *st, uint64_t align, struct ferry_error *err) {
     uint64_t total = 0;
     for (int i = 0; i < st->n_weights; i++) total = align_up(total, align) + ferry_nbytes(&st->weights[i]);
     int rc = ferry_client_alloc_buffer(st->client, 0, total ? total : 1, &st->wbuf, err);
     if (rc) return rc;
-    uint64_t off = 0, done = 0;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     if (m->params.progress) m->params.progress(m->params.progress_ud, st->name, 0, st->weight_bytes);
+    uint64_t off = 0, done = 0;
+    int *todo = calloc((size_t)st->n_weights + 1, sizeof *todo), n_todo = 0;
+    uint64_t *hash = calloc((size_t)st->n_weights + 1, sizeof *hash);
+    bool *ready = calloc((size_t)st->n_weights + 1, sizeof *ready);
+    if (!todo || !hash || !ready) rc = ferry_fail(err, FERRY_ERR_NOMEM, "weights of stage %s: out of memory", st->name);
     for (int i = 0; i < st->n_weights && !rc; i++) {
         struct ferry_tensor *t = &st->weights[i];
-        uint64_t n = ferry_nbytes(t);
         off = align_up(off, align);
         rc = ferry_remote_tensor_place(t, &st->wbuf, off, err);
-        if (!rc) rc = send_weight(m, st, i, err);
-        off += n;
-        done += n;
+        off += ferry_nbytes(t);
+        bool filled = false;
+        if (!rc) rc = fill_from_server_copy(m, st, i, &filled, err);
+        if (!rc && filled) {
+            done += ferry_nbytes(t);
+            if (m->params.progress) m->params.progress(m->params.progress_ud, st->name, done, st->weight_bytes);
+        } else if (!rc) {
+            todo[n_todo++] = i;
+        }
+    }
+    /* the rest: hashed ahead by the local threads while the sender goes */
+    struct hash_ahead h = { .st = st, .todo = todo, .n_todo = m->params.no_hash_cache ? 0 : n_todo, .hash = hash,
+                            .ready = ready };
+    atomic_init(&h.next, 0);
+    pthread_mutex_init(&h.lock, NULL);
+    pthread_cond_init(&h.done, NULL);
+    pthread_t workers[16];
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int n_workers = 0, want = m->params.n_threads > 0 ? m->params.n_threads : cores > 0 ? (int)cores : 1;
+    if (want > 16) want = 16;
+    for (int w = 0; !rc && w < want && w < h.n_todo; w++)
+        if (pthread_create(&workers[n_workers], NULL, hash_ahead_main, &h) == 0) n_workers++;
+    for (int j = 0; j < n_todo && !rc; j++) {
+        const int i = todo[j];
+        const uint64_t *known = NULL;
+        if (n_workers > 0) {
+            pthread_mutex_lock(&h.lock);
+            while (!ready[i]) pthread_cond_wait(&h.done, &h.lock);
+            pthread_mutex_unlock(&h.lock);
+            known = &hash[i];
+        }
+        rc = upload_weight(m, st, i, known, err);
+        done += ferry_nbytes(&st->weights[i]);
         if (m->params.progress) m->params.progress(m->params.progress_ud, st->name, done, st->weight_bytes);
     }
+    atomic_store(&h.next, h.n_todo); /* after an error: the workers stop at their next tensor */
+    for (int w = 0; w < n_workers; w++) pthread_join(workers[w], NULL);
+    pthread_mutex_destroy(&h.lock);
+    pthread_cond_destroy(&h.done);
+    free(todo), free(hash), free(ready);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     st->load_seconds = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     return rc;
