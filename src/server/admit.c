@@ -79,7 +79,8 @@ int server_admit(struct ferry_server *s, const char *addr, uint32_t *code, char 
     for (struct server_conn *sc = s->conns; sc; sc = sc->next)
         if (sc->holds_slot && strcmp(sc->addr, addr) == 0) from_peer++;
     char reason[128];
-    if (from_peer >= cfg->max_conns_per_peer) {
+    /* a bound as large as the table is the table's: its message says so */
+    if (from_peer >= cfg->max_conns_per_peer && cfg->max_conns_per_peer < cfg->max_conns) {
         /* a host at its share makes room among its own connections only */
         snprintf(reason, sizeof reason, "%s holds %d connections (max %d per address)", addr, from_peer,
                  cfg->max_conns_per_peer);

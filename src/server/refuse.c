@@ -47,10 +47,10 @@ int server_refusals_pollfds(struct ferry_server *s, struct pollfd *p, int *timeo
 }
 
 /* The HELLO is complete: answer if it asked for error replies. */
-static void answer(struct server_refusal *r) {
+static void answer(const struct ferry_server *s, struct server_refusal *r) {
     uint64_t size = ferry_get_le64(r->got + 1);
     const uint8_t *caps = r->got + FERRY_RPC_FRAME_HEADER_SIZE;
-    if (r->got[0] != FERRY_RPC_CMD_HELLO || size != FERRY_RPC_CONN_CAPS_SIZE ||
+    if (s->cfg.no_ferry_ext || r->got[0] != FERRY_RPC_CMD_HELLO || size != FERRY_RPC_CONN_CAPS_SIZE ||
         !(ferry_rpc_caps_features(caps) & FERRY_RPC_CAPS_FEAT_ERRORS))
         return; /* a ggml client: the close says it all */
     uint8_t out[FERRY_RPC_ERROR_HEADER_SIZE + FERRY_RPC_ERROR_MAX_REASON];
@@ -73,7 +73,7 @@ void server_refusals_poll(struct ferry_server *s, const struct pollfd *p) {
             done = got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR && errno != EWOULDBLOCK) ||
                    (r->n >= 1 && r->got[0] != FERRY_RPC_CMD_HELLO);
             if (r->n == sizeof r->got) {
-                answer(r);
+                answer(s, r);
                 done = true;
             }
         }
