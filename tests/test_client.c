@@ -368,6 +368,25 @@ static void *bad_hello(void *arg) {
     return NULL;
 }
 
+/* A web server: it reads a line and answers 400 (HELLO has no newline,
+ * so this one answers as soon as the request arrived). */
+static void *http_peer(void *arg) {
+    struct ferry_listener *l = arg;
+    struct ferry_conn *conn = NULL;
+    struct ferry_error err;
+    if (ferry_listener_accept(l, 5000, &conn, &err)) return NULL;
+    uint8_t req[9 + 24];
+    ferry_conn_set_timeouts(conn, (struct ferry_conn_timeouts){ 5000, 5000 });
+    if (!ferry_conn_recv_header(conn, req, sizeof req, &err)) {
+        static const char rsp[] = "HTTP/1.0 400 Bad request\x01\r\nServer: SimpleHTTP/0.6\r\n\r\n<html>...";
+        struct iovec v = { (void *)rsp, sizeof rsp - 1 };
+        ferry_conn_send(conn, &v, 1, NULL, 0, &err);
+        ferry_conn_recv_header(conn, req, 1, &err); /* until the client closes */
+    }
+    ferry_conn_close(conn);
+    return NULL;
+}
+
 static void test_bad_peers(void) {
     struct ferry_listener *l = NULL;
     struct ferry_error err;
@@ -376,12 +395,14 @@ static void test_bad_peers(void) {
     snprintf(ep, sizeof ep, "127.0.0.1:%d", ferry_listener_port(l));
     struct ferry_client_options o;
     ferry_client_options_defaults(&o);
-    o.response_timeout_ms = 200;
+    o.hello_timeout_ms = 200; /* the long response timeout does not apply to HELLO */
     struct ferry_client *c = NULL;
     /* nobody accepts: the kernel completes the connect, HELLO gets no answer */
-    int64_t t0 = ferry_transport_now_ms();
     CHECK(ferry_client_connect(ep, &o, &c, &err) == FERRY_ERR_TIMEOUT && !c, "silent peer: TIMEOUT (%s)", err.msg);
-    CHECK(ferry_transport_now_ms() - t0 < 2000, "within the response timeout");
+    char want[160];
+    snprintf(want, sizeof want, "%s did not answer HELLO within 200 ms", ep);
+    CHECK(strstr(err.msg, want) && strstr(err.msg, "not a ggml RPC server"), "the message says what happened: %s",
+          err.msg);
     ferry_listener_close(l);
 
     if (!CHECK(ferry_tcp_listen("127.0.0.1", 0, &l, &err) == FERRY_OK, "listen")) return;
@@ -393,6 +414,71 @@ static void test_bad_peers(void) {
           err.msg);
     pthread_join(th, NULL);
     ferry_listener_close(l);
+
+    /* a web server: it answers, with text */
+    if (!CHECK(ferry_tcp_listen("127.0.0.1", 0, &l, &err) == FERRY_OK, "listen")) return;
+    snprintf(ep, sizeof ep, "127.0.0.1:%d", ferry_listener_port(l));
+    pthread_create(&th, NULL, http_peer, l);
+    CHECK(ferry_client_connect(ep, &o, &c, &err) == FERRY_ERR_PROTOCOL && !c, "web server: PROTOCOL (%s)", err.msg);
+    snprintf(want, sizeof want, "%s is not a ggml RPC server (it answered 'HTTP/1.0 400 Bad request.')", ep);
+    CHECK(strstr(err.msg, want) != NULL, "the message quotes its first line, sanitized: %s", err.msg);
+    pthread_join(th, NULL);
+    ferry_listener_close(l);
+
+    /* the hello timeout's default comes from the environment */
+    setenv("FERRY_HELLO_TIMEOUT_MS", "1234", 1);
+    ferry_client_options_defaults(&o);
+    CHECK(o.hello_timeout_ms == 1234, "FERRY_HELLO_TIMEOUT_MS sets the default (%d)", o.hello_timeout_ms);
+    unsetenv("FERRY_HELLO_TIMEOUT_MS");
+    ferry_client_options_defaults(&o);
+    CHECK(o.hello_timeout_ms == 5000, "default 5000 ms (%d)", o.hello_timeout_ms);
+}
+
+/* A server at its limit, or asked for a device it does not have: a ferry
+ * server says why (error replies); a ggml server only closes, and the
+ * message names the likely causes. */
+static void test_refusals(void) {
+    for (int ggml = 0; ggml < 2; ggml++) {
+        struct ferry_server_config cfg;
+        ferry_server_config_defaults(&cfg);
+        cfg.port = 0;
+        cfg.n_threads = 1;
+        cfg.mem_limit = 16 * MIB;
+        cfg.max_conns = 2;
+        cfg.max_conns_per_peer = 2; /* all from 127.0.0.1 */
+        cfg.no_ferry_ext = ggml;    /* plays a ggml server */
+        struct test_server ts;
+        if (!test_server_start(&ts, &cfg)) return;
+        struct ferry_client *holder = open_client(ts.endpoint), *other = open_client(ts.endpoint), *c = NULL;
+        struct ferry_remote_buffer buf, buf2;
+        struct ferry_error err;
+        CHECK(holder && ferry_client_alloc_buffer(holder, 0, 4096, &buf, &err) == FERRY_OK && other &&
+                  ferry_client_alloc_buffer(other, 0, 4096, &buf2, &err) == FERRY_OK,
+              "both slots hold a buffer");
+        int rc = ferry_client_connect(ts.endpoint, NULL, &c, &err);
+        if (!ggml) {
+            CHECK(rc == FERRY_ERR_REFUSED && !c, "at the limit: REFUSED (%s)", ferry_status_name(rc));
+            CHECK(strstr(err.msg, "server refused: 2 connections open (max 2), none idle") != NULL,
+                  "the server's reason is shown: %s", err.msg);
+        } else {
+            CHECK(rc == FERRY_ERR_CLOSED && !c, "ggml server at its limit: CLOSED (%s)", ferry_status_name(rc));
+            CHECK(strstr(err.msg, "closed the connection at HELLO") && strstr(err.msg, "connection limit"),
+                  "the likely causes are named: %s", err.msg);
+        }
+        ferry_client_close(c);
+        uint64_t align = 0;
+        rc = holder ? ferry_client_alignment(holder, 5, &align, &err) : FERRY_ERR_CLOSED;
+        CHECK(rc == FERRY_ERR_CLOSED, "device 5: the connection ends (%s)", ferry_status_name(rc));
+        if (!ggml)
+            CHECK(strstr(err.msg, "the server closed the connection: device 5 out of range"),
+                  "with the server's reason: %s", err.msg);
+        else
+            CHECK(strstr(err.msg, "instead of answering GET_ALIGNMENT") && strstr(err.msg, "a device it does not have"),
+                  "with the likely causes: %s", err.msg);
+        ferry_client_close(holder);
+        ferry_client_close(other);
+        test_server_stop(&ts);
+    }
 }
 
 struct getter {
@@ -506,6 +592,7 @@ int main(int argc, char **argv) {
     }
     test_failures(dir);
     test_bad_peers();
+    test_refusals();
     test_remove_dir(dir);
     return test_summary();
 }

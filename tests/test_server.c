@@ -608,20 +608,51 @@ static void test_violations(struct ferry_server *s) {
           after.conns_dropped - before.conns_dropped);
 }
 
+/* Connects until the server takes it (a refusal or an eviction in flight
+ * can race with the connection that should make room going idle). */
+static struct ferry_conn *connect_until_served(void) {
+    for (int i = 0; i < 100; i++) {
+        struct ferry_conn *c = connect_raw();
+        uint8_t caps[24] = { 0 }, rsp[28];
+        if (c && call(c, FERRY_RPC_CMD_HELLO, caps, 24, rsp, 28) == FERRY_OK) return c;
+        ferry_conn_close(c);
+        usleep(20000);
+    }
+    return NULL;
+}
+
+/* Full of connections that hold buffers: the next is refused. Once one of
+ * them holds none, the next evicts it instead (evict_grace_ms is 0 here). */
 static void test_max_conns(struct ferry_server *s, int max_conns) {
     struct ferry_conn *c[8] = { 0 };
-    for (int i = 0; i < max_conns; i++) c[i] = connect_hello();
+    uint64_t h[8] = { 0 };
+    for (int i = 0; i < max_conns; i++) {
+        c[i] = connect_hello();
+        h[i] = c[i] ? alloc_buffer(c[i], 4096, NULL) : 0;
+    }
     struct ferry_server_stats before, after;
     ferry_server_get_stats(s, &before);
     struct ferry_conn *extra = connect_raw();
     if (extra) {
         uint8_t caps[24] = { 0 }, rsp[28];
-        CHECK(call(extra, FERRY_RPC_CMD_HELLO, caps, 24, rsp, 28) != FERRY_OK, "connection past max_conns refused");
+        CHECK(call(extra, FERRY_RPC_CMD_HELLO, caps, 24, rsp, 28) != FERRY_OK,
+              "connection past max_conns refused while every slot holds buffers");
         ferry_conn_close(extra);
     }
     ferry_server_get_stats(s, &after);
     CHECK(after.conns_refused == before.conns_refused + 1, "refusal counted");
     CHECK(c[0] && device_count(c[0]) == 1, "open connections unaffected");
+    /* c[1] lets go of its buffer: now it is the idle one to evict */
+    CHECK(c[1] && free_buffer(c[1], h[1]) == FERRY_OK, "free c[1]'s buffer");
+    extra = connect_until_served();
+    CHECK(extra && device_count(extra) == 1, "a new connection is served by evicting the idle one");
+    CHECK(c[1] && closed_by_server(c[1]), "the idle connection was evicted");
+    ferry_server_get_stats(s, &after);
+    CHECK(after.conns_evicted == before.conns_evicted + 1, "one eviction (%" PRIu64 ")",
+          after.conns_evicted - before.conns_evicted);
+    CHECK(c[0] && device_count(c[0]) == 1 && c[2] && device_count(c[2]) == 1,
+          "connections holding buffers are never evicted");
+    ferry_conn_close(extra);
     for (int i = 0; i < max_conns; i++) ferry_conn_close(c[i]);
     for (int i = 0; i < 200; i++) {
         ferry_server_get_stats(s, &after);
@@ -629,10 +660,43 @@ static void test_max_conns(struct ferry_server *s, int max_conns) {
         usleep(10000);
     }
     CHECK(after.conns_open == 0, "all closed");
+    CHECK(after.conns_dropped == before.conns_dropped, "an eviction is not a drop");
     /* and room again */
     struct ferry_conn *again = connect_hello();
     CHECK(again && device_count(again) == 1, "a new connection fits again");
     ferry_conn_close(again);
+}
+
+/* A client that asks for error replies (HELLO caps marked) is told why
+ * its connection ends instead of seeing only a close. */
+static void test_error_replies(void) {
+    struct ferry_conn *c = connect_raw();
+    if (c == NULL) return;
+    uint8_t caps[24] = { 0 }, rsp[28];
+    ferry_rpc_caps_mark(caps, FERRY_RPC_CAPS_FEAT_ERRORS);
+    CHECK(call(c, FERRY_RPC_CMD_HELLO, caps, 24, rsp, 28) == FERRY_OK, "marked HELLO answered");
+    CHECK(rsp[3] & FERRY_RPC_HELLO_FLAG_ERRORS, "the server agrees to send error replies (flags %#x)", rsp[3]);
+    uint8_t dev[4], hdr[8], more[8];
+    ferry_rpc_encode_device(7, dev);
+    struct ferry_error err;
+    CHECK(call(c, FERRY_RPC_CMD_GET_ALIGNMENT, dev, 4, NULL, NO_RSP) == FERRY_OK, "send GET_ALIGNMENT device 7");
+    bool got = ferry_conn_recv_header(c, hdr, 8, &err) == FERRY_OK && ferry_get_le64(hdr) == FERRY_RPC_ERROR_MARK &&
+               ferry_conn_recv_payload(c, more, 8, &err) == FERRY_OK;
+    CHECK(got, "an error reply instead of a close");
+    uint32_t code = 0, len = 0;
+    char reason[FERRY_RPC_ERROR_MAX_REASON + 1] = { 0 };
+    if (got && ferry_rpc_decode_error(more, &code, &len, &err) == FERRY_OK &&
+        ferry_conn_recv_payload(c, reason, len, &err) == FERRY_OK)
+        CHECK(code == FERRY_RPC_ERROR_REQUEST && strstr(reason, "device 7 out of range"),
+              "it names the reason: code %u, '%s'", code, reason);
+    CHECK(closed_by_server(c), "and then the server closes");
+    ferry_conn_close(c);
+    /* a ggml client (unmarked caps) never sees one */
+    if ((c = connect_hello())) {
+        call(c, FERRY_RPC_CMD_GET_ALIGNMENT, dev, 4, NULL, NO_RSP);
+        CHECK(closed_by_server(c), "unmarked: a plain close");
+        ferry_conn_close(c);
+    }
 }
 
 static void *run_server(void *arg) {
@@ -665,7 +729,10 @@ static void test_timeouts_no_cache(void) {
         struct ferry_rpc_tensor t = rec(FERRY_TYPE_F32, 16, 1, h, buffer_base(c, h));
         CHECK(set_tensor_hash(c, &t, 0x1234) == 0, "SET_TENSOR_HASH without a cache answers 0");
         usleep(600 * 1000); /* past the idle timeout */
-        CHECK(closed_by_server(c), "an idle client is dropped after idle_timeout_ms");
+        CHECK(device_count(c) == 1, "a client holding a buffer is never dropped for idleness");
+        CHECK(free_buffer(c, h) == FERRY_OK, "free it");
+        usleep(600 * 1000);
+        CHECK(closed_by_server(c), "an idle client holding nothing is dropped after idle_timeout_ms");
         ferry_conn_close(c);
     }
     if ((c = connect_raw())) {
@@ -679,6 +746,7 @@ static void test_timeouts_no_cache(void) {
     struct ferry_server_stats st;
     ferry_server_get_stats(s, &st);
     CHECK(st.conns_dropped == 2 && st.bytes_allocated == 0, "both dropped, memory freed");
+    CHECK(st.conns_idle_closed == 1, "one closed for idleness (%" PRIu64 ")", st.conns_idle_closed);
     ferry_server_destroy(s);
     g_port = saved_port;
 }
@@ -699,6 +767,8 @@ int main(int argc, char **argv) {
     cfg.mem_limit = g_mem_limit;
     cfg.max_payload = g_mem_limit;
     cfg.max_conns = 3;
+    cfg.max_conns_per_peer = 3; /* every test client is 127.0.0.1 */
+    cfg.evict_grace_ms = 0;
     cfg.cache_dir = cache_dir;
     cfg.cache_max_bytes = 30 * MIB;
     struct ferry_server *s = NULL;
@@ -716,6 +786,7 @@ int main(int argc, char **argv) {
     test_isolation(s);
     test_violations(s);
     test_max_conns(s, cfg.max_conns);
+    test_error_replies();
     test_timeouts_no_cache();
 
     /* a connection left open is closed by stop */

@@ -22,6 +22,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -146,6 +149,12 @@ static void *server_main(void *arg) {
     return NULL;
 }
 
+static void *ferry_server_run_detached(void *arg) {
+    struct ferry_error err = {0};
+    ferry_server_run(arg, &err);
+    return NULL;
+}
+
 static bool server_start(void) {
     struct ferry_server_config cfg;
     ferry_server_config_defaults(&cfg);
@@ -155,6 +164,8 @@ static bool server_start(void) {
     cfg.cache_dir = NULL;
     cfg.mem_limit = MEM_LIMIT;
     cfg.max_conns = MAX_CONNS;
+    cfg.max_conns_per_peer = MAX_CONNS; /* the per-peer case uses a server of its own */
+    cfg.evict_grace_ms = 0;             /* the idle flood: every idle connection may go at once */
     cfg.hello_timeout_ms = HELLO_MS;
     cfg.idle_timeout_ms = IDLE_MS;
     cfg.frame_timeout_ms = FRAME_MS;
@@ -911,6 +922,9 @@ static void case_max_conns(void) {
         if (!CHECK(rpc_raw_open(HOST, port, &extra[n], &err) == FERRY_OK,
                    "connection %d of %d served: %s", i + 1, MAX_CONNS, err.msg))
             break;
+        /* holding a buffer: never evicted, so the next one must be refused */
+        uint64_t h = 0, rs = 0;
+        CHECK(rpc_raw_alloc_buffer(extra[n], 0, 4096, &h, &rs) == FERRY_OK && h, "connection %d: alloc", i + 1);
         n++;
     }
     /* one more: the server must refuse it, and say so */
@@ -947,6 +961,179 @@ static void case_max_conns(void) {
     healthy_check("max_conns");
 }
 
+/* 64 connections complete HELLO and sit idle, holding nothing, against 8
+ * slots: each newcomer evicts the one idle longest, so a working client
+ * arriving after them is served, and the healthy client (holding a
+ * buffer) is never touched. */
+#define FLOOD 64
+static void case_idle_flood(void) {
+    struct ferry_server_stats st;
+    STATS_WAIT(st, st.conns_open == 1);
+    uint64_t evicted0 = st.conns_evicted, dropped0 = st.conns_dropped;
+    off_t log_from = log_size();
+    struct rpc_raw *idle[FLOOD] = {0};
+    int opened = 0;
+    struct ferry_error err = {0};
+    for (int i = 0; i < FLOOD; i++) opened += rpc_raw_open(HOST, port, &idle[i], &err) == FERRY_OK;
+    CHECK(opened == FLOOD, "every idle-after-HELLO connection got its HELLO (%d of %d; %s)", opened, FLOOD,
+          err.msg);
+    /* the working client: HELLO, a buffer, data in and out, a graph */
+    struct rpc_raw *w = NULL;
+    bool served = rpc_raw_open(HOST, port, &w, &err) == FERRY_OK;
+    uint64_t buf = 0, rs = 0, base = 0;
+    served = served && rpc_raw_alloc_buffer(w, 0, 4096, &buf, &rs) == FERRY_OK && buf &&
+             rpc_raw_buffer_get_base(w, buf, &base) == FERRY_OK;
+    float in[64], out[32];
+    for (int i = 0; i < 64; i++) in[i] = (float)i;
+    struct ferry_rpc_tensor r[3];
+    add_graph(r, 0x2001, buf, base);
+    size_t len = 0;
+    uint64_t node = 0x2003;
+    uint8_t *g = served ? rpc_raw_graph_build(0, &node, 1, r, 3, &len) : NULL;
+    served = served && rpc_raw_set_tensor(w, &r[0], 0, in, 128) == FERRY_OK &&
+             rpc_raw_set_tensor(w, &r[1], 0, in + 32, 128) == FERRY_OK && rpc_raw_graph_compute(w, g, len) == FERRY_OK &&
+             rpc_raw_get_tensor(w, &r[2], 0, 128, out) == FERRY_OK;
+    free(g);
+    bool right = served;
+    for (int i = 0; i < 32 && right; i++) right = out[i] == in[i] + in[32 + i];
+    CHECK(served && right, "after %d idle connections, a working client is served (%s)", FLOOD,
+          w ? w->err.msg : err.msg);
+    STATS_WAIT(st, st.conns_evicted - evicted0 >= FLOOD - MAX_CONNS + 2);
+    CHECK(st.conns_evicted - evicted0 >= FLOOD - MAX_CONNS + 2, "idle connections evicted to make room (%llu)",
+          (unsigned long long)(st.conns_evicted - evicted0));
+    CHECK(st.conns_dropped == dropped0, "evictions are not drops");
+    CHECK(log_has_since(log_from, "evicting 127.0.0.1:"), "each eviction is logged, naming the connection");
+    int closed = 0;
+    for (int i = 0; i < FLOOD; i++) closed += rpc_raw_poll_closed(idle[i], 0) == 1;
+    printf("  case: %d idle connections after HELLO, max %d -> %llu evicted, working client %s\n", FLOOD,
+           MAX_CONNS, (unsigned long long)(st.conns_evicted - evicted0), served && right ? "served" : "NOT served");
+    for (int i = 0; i < FLOOD; i++) rpc_raw_close(idle[i]);
+    rpc_raw_close(w);
+    CHECK(closed >= FLOOD - MAX_CONNS, "the evicted connections were closed (%d)", closed);
+    STATS_WAIT(st, st.conns_open == 1);
+    healthy_check("idle flood");
+}
+
+/* ---- the per-peer bound: a server of its own, clients from 127.0.0.2 and .3 ---- */
+
+/* A blocking socket from `from` (any port) to the server, 5 s timeouts. */
+static int peer_socket(const char *from, int to_port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return -1;
+    struct timeval tv = { 5, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    struct sockaddr_in a = { .sin_family = AF_INET };
+    inet_pton(AF_INET, from, &a.sin_addr);
+    struct sockaddr_in b = { .sin_family = AF_INET, .sin_port = htons((uint16_t)to_port) };
+    inet_pton(AF_INET, HOST, &b.sin_addr);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || connect(fd, (struct sockaddr *)&b, sizeof b) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static bool read_full(int fd, void *p, size_t n) {
+    for (size_t got = 0; got < n;) {
+        ssize_t r = recv(fd, (uint8_t *)p + got, n - got, 0);
+        if (r <= 0) return false;
+        got += (size_t)r;
+    }
+    return true;
+}
+
+/* One request and its response of rsp_n bytes (0: none expected). */
+static bool peer_call(int fd, uint8_t cmd, const void *req, size_t n, void *rsp, size_t rsp_n) {
+    uint8_t frame[64];
+    frame[0] = cmd;
+    ferry_put_le64(frame + 1, n);
+    memcpy(frame + 9, req, n);
+    if (send(fd, frame, 9 + n, MSG_NOSIGNAL) != (ssize_t)(9 + n)) return false;
+    uint8_t len[8];
+    return read_full(fd, len, 8) && ferry_get_le64(len) == rsp_n && read_full(fd, rsp, rsp_n);
+}
+
+/* Connects from `from` and HELLOs; -1 when the server closed instead. */
+static int peer_open(const char *from, int to_port) {
+    int fd = peer_socket(from, to_port);
+    uint8_t caps[24] = {0}, rsp[28];
+    if (fd >= 0 && !peer_call(fd, FERRY_RPC_CMD_HELLO, caps, 24, rsp, 28)) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+static uint64_t peer_alloc(int fd) {
+    uint8_t req[12], rsp[16];
+    struct ferry_rpc_alloc_buffer a = { 0, 4096 };
+    ferry_rpc_encode_alloc_buffer(&a, req);
+    return peer_call(fd, FERRY_RPC_CMD_ALLOC_BUFFER, req, 12, rsp, 16) ? ferry_get_le64(rsp) : 0;
+}
+
+static void case_per_peer(void) {
+    struct ferry_server_config cfg;
+    ferry_server_config_defaults(&cfg);
+    cfg.host = HOST;
+    cfg.port = 0;
+    cfg.n_threads = 1;
+    cfg.mem_limit = 16 * MIB;
+    cfg.max_conns = 8; /* per peer: the default, half of it */
+    cfg.evict_grace_ms = 0;
+    struct ferry_server *ps = NULL;
+    struct ferry_error err = {0};
+    if (!CHECK(ferry_server_create(&cfg, &ps, &err) == FERRY_OK, "per-peer server: %s", err.msg)) return;
+    int pport = ferry_server_port(ps);
+    pthread_t th;
+    pthread_create(&th, NULL, ferry_server_run_detached, ps);
+    char line[256];
+    ferry_server_describe_limits(ps, line, sizeof line);
+    printf("  case: per-peer bound, server limits: %s\n", line);
+    CHECK(strstr(line, "4 per peer") != NULL, "the default per-peer bound is half of max_conns");
+
+    off_t log_from = log_size();
+    int a[5];
+    uint64_t h[5] = {0};
+    int n = 0;
+    for (int i = 0; i < 4; i++) {
+        a[i] = peer_open("127.0.0.2", pport);
+        if (a[i] >= 0) h[i] = peer_alloc(a[i]);
+        n += a[i] >= 0 && h[i] != 0;
+    }
+    CHECK(n == 4, "127.0.0.2 opens its 4 connections, each holding a buffer (%d)", n);
+    a[4] = peer_open("127.0.0.2", pport);
+    CHECK(a[4] < 0, "its 5th is refused: its share is taken and none is idle without buffers");
+    if (a[4] >= 0) close(a[4]);
+    for (int i = 0; i < 100 && !log_has_since(log_from, "per address"); i++) usleep(10000);
+    CHECK(log_has_since(log_from, "127.0.0.2 holds 4 connections (max 4 per address)"), "the reason is logged");
+    int b = peer_open("127.0.0.3", pport);
+    CHECK(b >= 0, "another address is still served");
+    /* one of 127.0.0.2's connections lets go of its buffer: the next from
+     * 127.0.0.2 takes its place (evicted), nobody else's */
+    uint8_t req[8];
+    ferry_rpc_encode_buffer(h[0], req);
+    uint8_t none[1];
+    CHECK(a[0] >= 0 && peer_call(a[0], FERRY_RPC_CMD_FREE_BUFFER, req, 8, none, 0), "free one buffer");
+    int again = -1;
+    for (int i = 0; i < 50 && again < 0; i++) {
+        again = peer_open("127.0.0.2", pport);
+        if (again < 0) usleep(20000);
+    }
+    CHECK(again >= 0, "127.0.0.2 is served again, in place of its own idle connection");
+    uint8_t byte;
+    CHECK(a[0] >= 0 && recv(a[0], &byte, 1, 0) <= 0, "that idle connection was evicted");
+    uint8_t cnt[4];
+    CHECK(b >= 0 && peer_call(b, FERRY_RPC_CMD_DEVICE_COUNT, NULL, 0, cnt, 4), "127.0.0.3 untouched");
+    for (int i = 0; i < 4; i++)
+        if (a[i] >= 0) close(a[i]);
+    if (b >= 0) close(b);
+    if (again >= 0) close(again);
+    ferry_server_stop(ps);
+    pthread_join(th, NULL);
+    ferry_server_destroy(ps);
+}
+
 int main(int argc, char **argv) {
     (void)argc;
     (void)argv;
@@ -971,6 +1158,8 @@ int main(int argc, char **argv) {
     cases_graphs();
     cases_vanish();
     case_max_conns();
+    case_idle_flood();
+    case_per_peer();
 
     /* every attacker is gone: their buffers are freed, the drops counted */
     struct ferry_server_stats st;

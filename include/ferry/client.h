@@ -49,6 +49,10 @@ struct ferry_client_options {
                                 300000; 0 = forever */
     int frame_timeout_ms;    /* each send, and a response after its first
                                 byte; default 60000; 0 = no limit */
+    int hello_timeout_ms;    /* the HELLO exchange (and the RDMA upgrade
+                                handshake) only: a peer that is not a ggml
+                                RPC server fails fast; default 5000, or
+                                $FERRY_HELLO_TIMEOUT_MS; 0 = response timeout */
     int transport;           /* FERRY_TRANSPORT_AUTO (default): RDMA when both
                                 sides can, else TCP; _TCP; _RDMA: required,
                                 connect fails with the reason otherwise */

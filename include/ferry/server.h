@@ -6,6 +6,7 @@
 #define FERRY_SERVER_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "ferry/error.h"
@@ -21,9 +22,21 @@ struct ferry_server_config {
     const char *cache_dir;     /* tensor cache directory, NULL = no cache */
     uint64_t cache_max_bytes;  /* cache size bound, least recently used evicted */
     uint64_t mem_limit;        /* bytes all clients together may allocate; default: physical RAM */
-    int max_conns;             /* connections served at once; more are refused with a log line */
+    int max_conns;             /* connections served at once. Default: min(1024, RAM / 8 MiB,
+                                  open-file hard limit - 64), or $FERRY_MAX_CONNS. When all are
+                                  taken, the one idle longest is evicted to make room (below);
+                                  with none idle, the new one is refused with a log line (and,
+                                  for ferry clients, an error reply saying why) */
+    int max_conns_per_peer;    /* connections one IP address may hold; 0 (default): half of
+                                  max_conns, at least 1; $FERRY_MAX_CONNS_PER_PEER */
+    int evict_grace_ms;        /* a connection is evicted only after this long without a
+                                  command; default 1000 */
+    bool evict_loaded;         /* under pressure, connections holding buffers may be evicted
+                                  too (those holding none go first); default false: never */
     int hello_timeout_ms;      /* time a new connection has to send HELLO */
-    int idle_timeout_ms;       /* between requests after HELLO; 0 = none */
+    int idle_timeout_ms;       /* between requests, for connections holding no buffers;
+                                  default 60000 ($FERRY_IDLE_TIMEOUT_MS); 0 = none. A
+                                  connection holding buffers is never closed for idleness */
     int frame_timeout_ms;      /* from a frame's first byte to its last */
     uint64_t max_payload;      /* largest SET_TENSOR / GRAPH_COMPUTE payload accepted */
     bool no_ferry_ext;         /* behave exactly like a ggml server: no HELLO extension flag,
@@ -58,6 +71,10 @@ int ferry_server_create(const struct ferry_server_config *cfg, struct ferry_serv
                         struct ferry_error *err);
 /* The bound port (useful with port 0). */
 int ferry_server_port(const struct ferry_server *s);
+/* The connection limits in effect, in words, for a banner: "1024 (min of
+ * 1024, 15 GiB RAM / 8 MiB, 1048512 fds), 512 per peer, idle timeout 60 s
+ * without buffers". */
+void ferry_server_describe_limits(const struct ferry_server *s, char *out, size_t cap);
 /* Serves until ferry_server_stop; returns FERRY_OK after a stop. */
 int ferry_server_run(struct ferry_server *s, struct ferry_error *err);
 /* Asks a running server to stop: async-signal-safe and callable from any
@@ -69,6 +86,8 @@ void ferry_server_destroy(struct ferry_server *s);
 struct ferry_server_stats {
     uint64_t conns_accepted, conns_refused, conns_open;
     uint64_t conns_dropped; /* closed by the server for a protocol violation or timeout */
+    uint64_t conns_evicted; /* idle ones closed to make room for a new one */
+    uint64_t conns_idle_closed; /* closed after idle_timeout_ms holding no buffers (also dropped) */
     uint64_t buffers_open, bytes_allocated;
     uint64_t commands, bytes_in, bytes_out;
     uint64_t graphs_computed, compute_ns;

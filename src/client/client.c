@@ -7,6 +7,7 @@
  * before a byte of payload is read, so GET_TENSOR lands straight in the
  * caller's buffer. Any I/O or protocol failure closes the connection: the
  * stream is out of sync, and the server drops its side on errors anyway. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,14 @@ void ferry_client_options_defaults(struct ferry_client_options *o) {
     o->connect_timeout_ms = 5000;
     o->response_timeout_ms = 300000;
     o->frame_timeout_ms = 60000;
+    o->hello_timeout_ms = 5000;
+    const char *v = getenv("FERRY_HELLO_TIMEOUT_MS");
+    if (v && *v) {
+        char *end = NULL;
+        long ms = strtol(v, &end, 10);
+        if (*end == '\0' && ms >= 0 && ms <= INT32_MAX) o->hello_timeout_ms = (int)ms;
+        else ferry_log_warn("ignoring FERRY_HELLO_TIMEOUT_MS=%s: expected milliseconds", v);
+    }
 }
 
 /* ---- connection state ------------------------------------------------------- */
@@ -32,6 +41,43 @@ static int mark_broken(struct ferry_client *c, int rc, struct ferry_error *err) 
     c->conn = NULL;
     client_forget_graphs(c);
     return rc;
+}
+
+/* While connecting: the caller reports the error, so no log line here
+ * (the reason would otherwise be printed twice). */
+static int connect_failed(struct ferry_client *c, int rc, struct ferry_error *err) {
+    snprintf(c->broken_reason, sizeof c->broken_reason, "%s", err->msg);
+    ferry_conn_close(c->conn);
+    c->conn = NULL;
+    return rc;
+}
+
+/* A ferry server's error reply, its mark already read (see
+ * docs/protocol-extensions.md): the reason it gave, as our error. */
+static int error_reply(struct ferry_client *c, struct ferry_error *err) {
+    uint8_t more[8], raw[FERRY_RPC_ERROR_MAX_REASON];
+    char text[FERRY_RPC_ERROR_MAX_REASON + 1];
+    uint32_t code = 0, len = 0;
+    struct ferry_error e;
+    if (ferry_conn_recv_payload(c->conn, more, sizeof more, &e) != FERRY_OK ||
+        ferry_rpc_decode_error(more, &code, &len, &e) != FERRY_OK ||
+        (len > 0 && ferry_conn_recv_payload(c->conn, raw, len, &e) != FERRY_OK))
+        return ferry_fail(err, FERRY_ERR_PROTOCOL, "%s: broken error reply: %s", c->endpoint, e.msg);
+    ferry_rpc_printable(raw, len, text, sizeof text);
+    if (code == FERRY_RPC_ERROR_BUSY || code == FERRY_RPC_ERROR_PEER_LIMIT)
+        return ferry_fail(err, FERRY_ERR_REFUSED, "%s: server refused: %s", c->endpoint, text);
+    return ferry_fail(err, FERRY_ERR_CLOSED, "%s: the server closed the connection: %s", c->endpoint, text);
+}
+
+/* The server closed where a response should be, without saying why: a
+ * ggml server (or a ferry server we could not ask) does that on any
+ * request it rejects. Name the likely causes. */
+static int closed_without_reply(struct ferry_client *c, uint8_t cmd, struct ferry_error *err) {
+    return ferry_fail(err, FERRY_ERR_CLOSED,
+                      "%s: the server closed the connection instead of answering %s: it rejects requests it "
+                      "cannot serve (e.g. a device it does not have) and closes idle or surplus connections; "
+                      "its log says which",
+                      c->endpoint, ferry_rpc_cmd_name(cmd));
 }
 
 int client_check_open(struct ferry_client *c, struct ferry_error *err) {
@@ -69,9 +115,12 @@ int client_call(struct ferry_client *c, uint8_t cmd, const struct iovec *payload
     if (ferry_rpc_response_kind(cmd, NULL) == FERRY_RPC_RSP_NONE) return FERRY_OK;
 
     uint8_t rsp_hdr[FERRY_RPC_RSP_HEADER_SIZE];
+    uint64_t in0 = ferry_conn_stats(c->conn)->bytes_in;
     rc = ferry_conn_recv_header(c->conn, rsp_hdr, sizeof rsp_hdr, err);
+    if (rc == FERRY_ERR_CLOSED && ferry_conn_stats(c->conn)->bytes_in == in0) rc = closed_without_reply(c, cmd, err);
     if (rc) return mark_broken(c, rc, err);
     uint64_t size = ferry_get_le64(rsp_hdr);
+    if (size == FERRY_RPC_ERROR_MARK && c->asked_errors) return mark_broken(c, error_reply(c, err), err);
     rc = ferry_rpc_check_response_size(cmd, size, rsp_len, err);
     if (rc) return mark_broken(c, rc, err);
     if (size > 0 && (rc = ferry_conn_recv_payload(c->conn, rsp, size, err)))
@@ -86,16 +135,72 @@ static int call1(struct ferry_client *c, uint8_t cmd, const void *req, size_t n,
     return client_call(c, cmd, &v, n ? 1 : 0, rsp, rsp_len, err);
 }
 
+/* What a peer that is not a ggml RPC server sent instead of a HELLO
+ * response: the 8 bytes read and whatever else arrives at once. */
+static void peer_said(struct ferry_conn *conn, const uint8_t first[8], char *out, size_t cap) {
+    uint8_t got[64];
+    memcpy(got, first, 8);
+    size_t n = 8;
+    struct ferry_error e;
+    ferry_conn_set_timeouts(conn, (struct ferry_conn_timeouts){ 200, 200 });
+    while (n < sizeof got && ferry_conn_recv_header(conn, got + n, 1, &e) == FERRY_OK) n++;
+    ferry_rpc_printable(got, n, out, cap);
+}
+
+/* HELLO, under the short hello timeout, with errors that say what the
+ * peer is when it does not answer like a ggml RPC server. */
+static int hello(struct ferry_client *c, const uint8_t req[FERRY_RPC_CONN_CAPS_SIZE],
+                 uint8_t rsp[FERRY_RPC_HELLO_RSP_SIZE], struct ferry_error *err) {
+    struct ferry_conn *conn = c->conn;
+    uint8_t cmd = FERRY_RPC_CMD_HELLO, len[8];
+    ferry_put_le64(len, FERRY_RPC_CONN_CAPS_SIZE);
+    struct iovec hdr[2] = { { &cmd, 1 }, { len, 8 } };
+    struct iovec body = { (void *)req, FERRY_RPC_CONN_CAPS_SIZE };
+    int ms = ferry_conn_get_timeouts(conn).idle_ms;
+    int rc = ferry_conn_send(conn, hdr, 2, &body, 1, err);
+    if (rc) return rc;
+    c->stats.requests[FERRY_RPC_CMD_HELLO]++;
+    c->stats.bytes_out += FERRY_RPC_FRAME_HEADER_SIZE + FERRY_RPC_CONN_CAPS_SIZE;
+    uint8_t h[FERRY_RPC_RSP_HEADER_SIZE];
+    uint64_t in0 = ferry_conn_stats(conn)->bytes_in;
+    rc = ferry_conn_recv_header(conn, h, sizeof h, err);
+    if (rc == FERRY_ERR_TIMEOUT && ferry_conn_stats(conn)->bytes_in == in0)
+        return ferry_fail(err, rc,
+                          "%s did not answer HELLO within %d ms: it is not a ggml RPC server, or it is "
+                          "overloaded (the limit is hello_timeout_ms, $FERRY_HELLO_TIMEOUT_MS)",
+                          c->endpoint, ms);
+    if (rc == FERRY_ERR_CLOSED && ferry_conn_stats(conn)->bytes_in == in0)
+        return ferry_fail(err, rc,
+                          "%s closed the connection at HELLO without an answer: the server may be at its "
+                          "connection limit or refuse this address, require RDMA, or not be a ggml RPC "
+                          "server (a ggml or ferry server logs why)",
+                          c->endpoint);
+    if (rc) return rc;
+    uint64_t size = ferry_get_le64(h);
+    if (size == FERRY_RPC_ERROR_MARK && c->asked_errors) return error_reply(c, err);
+    if (size != FERRY_RPC_HELLO_RSP_SIZE) {
+        char said[64];
+        peer_said(conn, h, said, sizeof said);
+        return ferry_fail(err, FERRY_ERR_PROTOCOL, "%s is not a ggml RPC server (it answered '%s')", c->endpoint,
+                          said);
+    }
+    rc = ferry_conn_recv_payload(conn, rsp, FERRY_RPC_HELLO_RSP_SIZE, err);
+    if (rc == FERRY_OK) c->stats.bytes_in += FERRY_RPC_RSP_HEADER_SIZE + FERRY_RPC_HELLO_RSP_SIZE;
+    return rc;
+}
+
 static int open_conn(struct ferry_client *c, struct ferry_error *err) {
     struct ferry_conn *conn = NULL;
     c->hello_flags = 0;
+    c->asked_errors = false;
     int rc = ferry_tcp_connect(c->host, c->port, c->opts.connect_timeout_ms, &conn, err);
     if (rc) {
         snprintf(c->broken_reason, sizeof c->broken_reason, "%s", err->msg);
         return rc;
     }
-    ferry_conn_set_timeouts(conn, (struct ferry_conn_timeouts){ c->opts.response_timeout_ms,
-                                                                c->opts.frame_timeout_ms });
+    /* the HELLO exchange and the RDMA handshake under the hello timeout */
+    int hello_ms = c->opts.hello_timeout_ms > 0 ? c->opts.hello_timeout_ms : c->opts.response_timeout_ms;
+    ferry_conn_set_timeouts(conn, (struct ferry_conn_timeouts){ hello_ms, hello_ms });
     /* HELLO may upgrade it to RDMA */
     struct ferry_rdma_options ro = { .mode = c->opts.transport, .server = false, .dev = c->opts.rdma_dev,
                                      .ip = c->opts.rdma_ip, .gid_index = -1 };
@@ -105,17 +210,24 @@ static int open_conn(struct ferry_client *c, struct ferry_error *err) {
         return rc;
     }
     c->conn = conn;
-    /* our caps: the transport's (RDMA queue pair) or zeros */
+    ferry_conn_set_timeouts(conn, (struct ferry_conn_timeouts){ hello_ms, hello_ms });
+    /* our caps: the transport's (RDMA queue pair) or zeros, which carry the
+     * request for error replies (a ggml server reads nothing past qpn 0) */
     uint8_t req[FERRY_RPC_CONN_CAPS_SIZE] = { 0 }, rsp[FERRY_RPC_HELLO_RSP_SIZE];
     size_t caps_len = 0;
     rc = ferry_conn_local_caps(conn, req, sizeof req, &caps_len, err);
-    if (rc) return mark_broken(c, rc, err);
-    rc = call1(c, FERRY_RPC_CMD_HELLO, req, sizeof req, rsp, sizeof rsp, err);
-    if (rc) return rc;
+    if (rc) return connect_failed(c, rc, err);
+    ferry_rpc_caps_mark(req, FERRY_RPC_CAPS_FEAT_ERRORS);
+    c->asked_errors = ferry_rpc_caps_features(req) != 0;
+    if ((rc = hello(c, req, rsp, err))) return connect_failed(c, rc, err);
     struct ferry_rpc_hello_rsp hello;
     if ((rc = ferry_rpc_decode_hello_rsp(rsp, sizeof rsp, &hello, err)) ||
-        (rc = ferry_rpc_check_server_version(&hello, err)))
-        return mark_broken(c, rc, err);
+        (rc = ferry_rpc_check_server_version(&hello, err))) {
+        char m[sizeof err->msg];
+        snprintf(m, sizeof m, "%s", err->msg);
+        ferry_fail(err, rc, "%s: %s", c->endpoint, m);
+        return connect_failed(c, rc, err);
+    }
     /* the server's caps follow the 4 version bytes; a ferry server says in
      * byte 3 whether its RDMA framing is on offer, or why it refused RDMA */
     const struct ferry_rpc_hello_ext ext = ferry_rpc_hello_ext_of(hello.flags);
@@ -126,8 +238,10 @@ static int open_conn(struct ferry_client *c, struct ferry_error *err) {
         ferry_fail(err, rc, "%s: %s", m, ferry_rdma_refusal_text(ext.refusal));
     }
     if (rc == FERRY_OK) rc = ferry_conn_confirm(conn, ext.rdma_ext, err);
-    if (rc) return mark_broken(c, rc, err);
+    if (rc) return connect_failed(c, rc, err);
     c->hello_flags = hello.flags;
+    ferry_conn_set_timeouts(conn, (struct ferry_conn_timeouts){ c->opts.response_timeout_ms,
+                                                                c->opts.frame_timeout_ms });
     char line[512];
     ferry_conn_describe(conn, line, sizeof line);
     ferry_log(strcmp(ferry_conn_transport(conn), "tcp") ? FERRY_LOG_INFO : FERRY_LOG_DEBUG,

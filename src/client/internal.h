@@ -45,6 +45,7 @@ struct ferry_client {
     struct last_graph graphs[FERRY_CLIENT_MAX_DEVICES];
     struct ferry_client_stats stats;
     uint8_t hello_flags; /* byte 3 of the server's HELLO: ferry's extensions */
+    bool asked_errors;   /* our HELLO asked for error replies (no RDMA offer) */
 };
 
 /* One request, and its response when the command has one: rsp_len is the

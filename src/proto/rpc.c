@@ -542,6 +542,7 @@ void ferry_rpc_hello_rsp_init(struct ferry_rpc_hello_rsp *r, const struct ferry_
 uint8_t ferry_rpc_hello_flags(const struct ferry_rpc_hello_ext *ext) {
     if (!ext->ferry) return 0;
     uint8_t f = FERRY_RPC_HELLO_FLAG_EXT_STATS;
+    if (ext->errors) f |= FERRY_RPC_HELLO_FLAG_ERRORS;
     if (ext->rdma_ext) f |= FERRY_RPC_HELLO_FLAG_RDMA_EXT;
     else f |= (uint8_t)((ext->refusal & 0x0f) << FERRY_RPC_HELLO_REFUSAL_SHIFT);
     if (ext->local) f |= FERRY_RPC_HELLO_FLAG_EXT_LOCAL;
@@ -553,6 +554,7 @@ struct ferry_rpc_hello_ext ferry_rpc_hello_ext_of(uint8_t flags) {
     e.ferry = (flags & FERRY_RPC_HELLO_FLAG_EXT_STATS) != 0;
     if (e.ferry) {
         e.rdma_ext = (flags & FERRY_RPC_HELLO_FLAG_RDMA_EXT) != 0;
+        e.errors = (flags & FERRY_RPC_HELLO_FLAG_ERRORS) != 0;
         e.refusal = flags >> FERRY_RPC_HELLO_REFUSAL_SHIFT;
         e.local = (flags & FERRY_RPC_HELLO_FLAG_EXT_LOCAL) != 0;
     }

@@ -68,6 +68,8 @@ enum ferry_rpc_cmd {
  * the client offered RDMA and the server's caps are zero: why
  * (FERRY_RDMA_REFUSED_*). */
 #define FERRY_RPC_HELLO_FLAG_RDMA_EXT 0x02
+/* bit 2: the server answers with error replies (below) before it closes */
+#define FERRY_RPC_HELLO_FLAG_ERRORS 0x04
 #define FERRY_RPC_HELLO_REFUSAL_SHIFT 4
 /* bit 3: the server holds model files of its own and answers
  * FERRY_LOAD_LOCAL: the tensor record (296 bytes), the model's content key
@@ -342,10 +344,46 @@ struct ferry_rpc_hello_ext {
     bool ferry;    /* a ferry server: FERRY_STATS and the extensions exist */
     bool rdma_ext; /* ferry's RDMA framing is on offer */
     bool local;    /* FERRY_LOAD_LOCAL: the server holds model files */
+    bool errors;   /* the server sends error replies (the client asked for them) */
     int refusal;   /* why the server refused RDMA, 0 if it did not */
 };
 uint8_t ferry_rpc_hello_flags(const struct ferry_rpc_hello_ext *ext);
 struct ferry_rpc_hello_ext ferry_rpc_hello_ext_of(uint8_t flags);
+
+/* ---- error replies (docs/protocol-extensions.md, FERRY_EXT_ERRORS) ------------
+ * ggml's protocol has no error reply: a server closes. A ferry client asks
+ * for one in its HELLO caps when it offers no RDMA (qpn 0, where ggml reads
+ * nothing else): bytes 8..11 "FRRY", 12..15 u32le feature bits. A ferry
+ * server then may send, where a response's 8-byte length would be, the
+ * error mark, u32le code, u32le reason length, the reason (printable ASCII,
+ * at most FERRY_RPC_ERROR_MAX_REASON bytes), and close. */
+#define FERRY_RPC_CAPS_FEAT_ERRORS 0x1u
+#define FERRY_RPC_ERROR_MARK 0x5252455952524546ull /* "FERRYERR" little-endian */
+#define FERRY_RPC_ERROR_HEADER_SIZE 16             /* mark, code, length */
+#define FERRY_RPC_ERROR_MAX_REASON 200
+
+enum ferry_rpc_error_code {
+    FERRY_RPC_ERROR_BUSY = 1,       /* at the connection limit */
+    FERRY_RPC_ERROR_PEER_LIMIT = 2, /* this address holds its share of connections */
+    FERRY_RPC_ERROR_REQUEST = 3,    /* the request was refused (the reason says why) */
+    FERRY_RPC_ERROR_EVICTED = 4,    /* closed to make room for another client */
+    FERRY_RPC_ERROR_TIMEOUT = 5,    /* idle too long */
+};
+
+/* Client: marks zero (no RDMA) caps with `features`; caps offering RDMA
+ * are left alone (their GID is real). */
+void ferry_rpc_caps_mark(uint8_t caps[FERRY_RPC_CONN_CAPS_SIZE], uint32_t features);
+/* Server: the features a HELLO request's caps ask for; 0 for ggml's. */
+uint32_t ferry_rpc_caps_features(const uint8_t caps[FERRY_RPC_CONN_CAPS_SIZE]);
+/* The whole reply into out (cap >= FERRY_RPC_ERROR_HEADER_SIZE +
+ * FERRY_RPC_ERROR_MAX_REASON); the reason is sanitized and cut. Returns its size. */
+size_t ferry_rpc_encode_error(uint32_t code, const char *reason, uint8_t *out, size_t cap);
+/* The 8 bytes after the mark: code and reason length, checked. */
+int ferry_rpc_decode_error(const uint8_t p[8], uint32_t *code, uint32_t *len, struct ferry_error *err);
+const char *ferry_rpc_error_name(uint32_t code);
+/* Peer bytes for a message: printable ASCII kept, anything else '.', cut
+ * at the first line end or cap - 1 bytes (then "..."). */
+void ferry_rpc_printable(const uint8_t *in, size_t n, char *out, size_t cap);
 
 /* FERRY_STATS answer: the server's counters since it started. */
 struct ferry_rpc_ferry_stats {

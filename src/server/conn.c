@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include "ferry/log.h"
@@ -22,6 +23,7 @@
 
 struct conn_state {
     struct ferry_server *s;
+    struct server_conn *sc;
     struct ferry_conn *c;
     struct buffer_table buffers;
     struct ferry_rpc_graph *last_graph; /* for GRAPH_RECOMPUTE, with its plan */
@@ -29,6 +31,8 @@ struct conn_state {
     uint64_t commands, compute_ns, graphs;
     uint64_t counted_in, counted_out; /* transport bytes already added to server stats */
     bool hung_up; /* the client closed between requests: the normal end */
+    bool idled_out; /* idle_timeout_ms passed between requests */
+    bool errors;  /* the client asked for error replies (docs/protocol-extensions.md) */
     bool reg_warned; /* a buffer could not be registered for RDMA (said once) */
     /* the last SET_TENSOR_HASH that missed: a SET_TENSOR of exactly that
      * region next is what the client wants cached (server/cache.h) */
@@ -123,6 +127,7 @@ static int do_alloc_buffer(struct conn_state *st, const struct ferry_rpc_alloc_b
             rsp.remote_ptr = b->handle;
             rsp.remote_size = b->size;
             atomic_fetch_add(&st->s->buffers_open, 1);
+            atomic_fetch_add(&st->sc->n_buffers, 1);
             register_buffer(st, b);
         }
     }
@@ -147,6 +152,7 @@ static int do_free_buffer(struct conn_state *st, uint64_t handle, struct ferry_e
                           (unsigned long long)handle);
     server_mem_release(st->s, size);
     atomic_fetch_sub(&st->s->buffers_open, 1);
+    atomic_fetch_sub(&st->sc->n_buffers, 1);
     /* the stored graph points into that memory: it can never run again */
     if (st->last_graph && ferry_rpc_graph_uses_buffer(st->last_graph, handle)) forget_graph(st);
     return respond(st, NULL, 0, err);
@@ -415,11 +421,21 @@ static int dispatch_fixed(struct conn_state *st, uint8_t cmd, const uint8_t *p, 
 static int serve_one(struct conn_state *st, struct ferry_error *err) {
     uint8_t hdr[FERRY_RPC_FRAME_HEADER_SIZE];
     uint64_t in0 = ferry_conn_stats(st->c)->bytes_in;
+    /* only a connection holding nothing may be closed for idleness: one
+     * holding buffers (a model between requests) waits as long as it likes */
+    struct ferry_server_config *cfg = &st->s->cfg;
+    int idle = atomic_load(&st->sc->n_buffers) == 0 ? cfg->idle_timeout_ms : 0;
+    ferry_conn_set_timeouts(st->c, (struct ferry_conn_timeouts){ idle, cfg->frame_timeout_ms });
     int rc = ferry_conn_recv_header(st->c, hdr, sizeof hdr, err);
     if (rc) {
-        st->hung_up = rc == FERRY_ERR_CLOSED && ferry_conn_stats(st->c)->bytes_in == in0;
+        bool nothing = ferry_conn_stats(st->c)->bytes_in == in0;
+        st->hung_up = rc == FERRY_ERR_CLOSED && nothing;
+        st->idled_out = rc == FERRY_ERR_TIMEOUT && nothing;
+        if (st->idled_out)
+            ferry_fail(err, rc, "idle for %d ms holding no buffers (idle timeout)", cfg->idle_timeout_ms);
         return rc;
     }
+    atomic_store(&st->sc->busy, true); /* until the answer is out: not to be evicted */
     uint8_t cmd;
     uint64_t size;
     ferry_rpc_decode_frame_header(hdr, &cmd, &size);
@@ -466,6 +482,7 @@ static int hello(struct conn_state *st, struct ferry_error *err) {
     uint8_t caps[FERRY_RPC_CONN_CAPS_SIZE];
     rc = ferry_conn_recv_payload(st->c, caps, sizeof caps, err);
     if (rc) return rc;
+    st->errors = !cfg->no_ferry_ext && (ferry_rpc_caps_features(caps) & FERRY_RPC_CAPS_FEAT_ERRORS);
     st->commands++;
     atomic_fetch_add(&st->s->commands, 1);
     rc = ferry_conn_peer_caps(st->c, caps, sizeof caps, err);
@@ -488,6 +505,7 @@ static int hello(struct conn_state *st, struct ferry_error *err) {
     struct ferry_rpc_hello_ext ext = { 0 };
     if (!cfg->no_ferry_ext) {
         ext.ferry = true;
+        ext.errors = st->errors;
         ext.rdma_ext = rsp.caps.qpn != 0;
         if (!ext.rdma_ext && client.u.hello.qpn != 0) ext.refusal = ferry_conn_rdma_refusal(st->c);
         ext.local = st->s->local != NULL;
@@ -503,14 +521,52 @@ static int hello(struct conn_state *st, struct ferry_error *err) {
     ferry_conn_describe(st->c, line, sizeof line);
     ferry_log(strcmp(ferry_conn_transport(st->c), "tcp") ? FERRY_LOG_INFO : FERRY_LOG_DEBUG, "%s: transport %s",
               ferry_conn_peer(st->c), line);
-    ferry_conn_set_timeouts(st->c, (struct ferry_conn_timeouts){ cfg->idle_timeout_ms, cfg->frame_timeout_ms });
     return FERRY_OK;
+}
+
+/* Tells a client that asked for error replies why its connection ends
+ * (docs/protocol-extensions.md), then lets the reply reach it: shutting
+ * the sending side sends it with a FIN, and reading what the client still
+ * sends (briefly, bounded) keeps the close from turning into a reset that
+ * would discard the reply on its side. */
+static void say_why(struct conn_state *st, uint32_t code, const char *reason) {
+    uint8_t out[FERRY_RPC_ERROR_HEADER_SIZE + FERRY_RPC_ERROR_MAX_REASON];
+    size_t n = ferry_rpc_encode_error(code, reason, out, sizeof out);
+    struct iovec v = { out, n };
+    struct ferry_error e;
+    int frame = st->s->cfg.frame_timeout_ms > 0 && st->s->cfg.frame_timeout_ms < 2000 ? st->s->cfg.frame_timeout_ms
+                                                                                        : 2000;
+    ferry_conn_set_timeouts(st->c, (struct ferry_conn_timeouts){ frame, frame });
+    if (ferry_conn_send(st->c, &v, 1, NULL, 0, &e) != FERRY_OK) return;
+    int fd = ferry_conn_fd(st->c);
+    shutdown(fd, SHUT_WR);
+    int64_t until = ferry_transport_now_ms() + 200;
+    size_t drained = 0;
+    char scratch[16384];
+    while (drained < (4u << 20)) {
+        int64_t left = until - ferry_transport_now_ms();
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        if (left <= 0 || poll(&p, 1, (int)left) <= 0) break;
+        ssize_t got = recv(fd, scratch, sizeof scratch, MSG_DONTWAIT);
+        if (got <= 0) break;
+        drained += (size_t)got;
+    }
+}
+
+/* The error reply for how the connection ends, if it gets one: not when
+ * the client left, nor when the stream broke mid-frame. */
+static bool reply_for(const struct conn_state *st, int rc, bool evicted, uint32_t *code) {
+    if (evicted) return *code = FERRY_RPC_ERROR_EVICTED, true;
+    if (st->idled_out) return *code = FERRY_RPC_ERROR_TIMEOUT, true;
+    *code = FERRY_RPC_ERROR_REQUEST;
+    return rc == FERRY_ERR_INVALID || rc == FERRY_ERR_PROTOCOL || rc == FERRY_ERR_UNSUPPORTED ||
+           rc == FERRY_ERR_NOMEM;
 }
 
 void *server_conn_main(void *arg) {
     struct server_conn *sc = arg;
     struct ferry_server *s = sc->server;
-    struct conn_state st = { .s = s, .c = sc->conn };
+    struct conn_state st = { .s = s, .sc = sc, .c = sc->conn };
     buffers_init(&st.buffers);
     char peer[FERRY_CONN_ADDR_MAX];
     snprintf(peer, sizeof peer, "%s", ferry_conn_peer(sc->conn));
@@ -521,14 +577,22 @@ void *server_conn_main(void *arg) {
     ferry_error_clear(&err);
     int rc = hello(&st, &err);
     while (rc == FERRY_OK && !atomic_load(&s->stopping)) {
+        atomic_store(&sc->idle_since_ns, server_now_ns());
+        atomic_store(&sc->busy, false);
         rc = serve_one(&st, &err);
         account(&st);
     }
     account(&st);
-    /* a client hanging up between requests is the normal end */
-    bool clean = st.hung_up;
+    /* a client hanging up between requests is the normal end; so is making
+     * room for another client (the accept loop said so in the log) */
+    bool evicted = atomic_load(&sc->evicted);
+    bool clean = st.hung_up && !evicted;
     bool stopped = atomic_load(&s->stopping);
-    if (!clean && !stopped) atomic_fetch_add(&s->conns_dropped, 1);
+    if (!clean && !stopped && !evicted) atomic_fetch_add(&s->conns_dropped, 1);
+    if (st.idled_out) atomic_fetch_add(&s->conns_idle_closed, 1);
+    if (evicted) ferry_fail(&err, FERRY_ERR_CLOSED, "evicted: idle while the server was full");
+    uint32_t code;
+    if (st.errors && !stopped && !clean && reply_for(&st, rc, evicted, &code)) say_why(&st, code, err.msg);
 
     pthread_mutex_lock(&s->conns_lock);
     sc->closing = true; /* stop will not touch the socket any more */
@@ -546,13 +610,14 @@ void *server_conn_main(void *arg) {
 
     double secs = (double)(server_now_ns() - t0) / 1e9;
     const char *why = clean ? "client closed" : stopped ? "server stopping" : err.msg;
-    ferry_log(clean || stopped ? FERRY_LOG_INFO : FERRY_LOG_WARN,
+    ferry_log(clean || stopped || evicted ? FERRY_LOG_INFO : FERRY_LOG_WARN,
               "closed %s (%s): %" PRIu64 " commands, %" PRIu64 " bytes in, %" PRIu64
               " bytes out, %" PRIu64 " graphs in %.1f ms, %zu buffers (%" PRIu64 " bytes) freed, %.2f s%s",
               peer, why, st.commands, st.counted_in, st.counted_out, st.graphs,
               (double)st.compute_ns / 1e6, n_buffers, freed, secs, counters);
 
     atomic_fetch_sub(&s->conns_open, 1);
+    server_release(s, sc);
     pthread_mutex_lock(&s->conns_lock);
     sc->finished = true;
     pthread_mutex_unlock(&s->conns_lock);

@@ -25,6 +25,21 @@ uint64_t server_now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* An integer from the environment, or def when unset or out of [min, max]
+ * (with a warning: a typo must not silently change a limit). */
+static int env_int(const char *name, int def, long min, long max) {
+    const char *v = getenv(name);
+    if (v == NULL || *v == '\0') return def;
+    char *end = NULL;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (errno || *end || n < min || n > max) {
+        ferry_log_warn("ignoring %s=%s: expected an integer in %ld..%ld", name, v, min, max);
+        return def;
+    }
+    return (int)n;
+}
+
 void ferry_server_config_defaults(struct ferry_server_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
     cfg->host = "127.0.0.1";
@@ -35,9 +50,12 @@ void ferry_server_config_defaults(struct ferry_server_config *cfg) {
     cfg->cache_max_bytes = 10ull << 30;
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     cfg->mem_limit = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 8ull << 30;
-    cfg->max_conns = 16;
+    cfg->max_conns = env_int("FERRY_MAX_CONNS", server_default_max_conns(NULL, 0), 1, 1 << 20);
+    cfg->max_conns_per_peer = env_int("FERRY_MAX_CONNS_PER_PEER", 0, 0, 1 << 20);
+    cfg->evict_grace_ms = 1000;
+    cfg->evict_loaded = false;
     cfg->hello_timeout_ms = 10000;
-    cfg->idle_timeout_ms = 0;
+    cfg->idle_timeout_ms = env_int("FERRY_IDLE_TIMEOUT_MS", 60000, 0, INT32_MAX);
     cfg->frame_timeout_ms = FERRY_CONN_DEFAULT_FRAME_MS;
     cfg->max_payload = cfg->mem_limit; /* a SET_TENSOR cannot be larger than all memory */
 }
@@ -88,7 +106,15 @@ int ferry_server_create(const struct ferry_server_config *cfg, struct ferry_serv
         s->cfg.rdma_ip = s->rdma_ip;
     }
     if (s->cfg.n_threads < 1) s->cfg.n_threads = 1;
-    if (s->cfg.max_conns < 1) s->cfg.max_conns = 1;
+    char why[256];
+    int auto_conns = server_default_max_conns(why, sizeof why);
+    if (s->cfg.max_conns < 1) s->cfg.max_conns = auto_conns;
+    if (s->cfg.max_conns == auto_conns) snprintf(s->limits, sizeof s->limits, "%s", why);
+    if (s->cfg.max_conns_per_peer < 1) s->cfg.max_conns_per_peer = s->cfg.max_conns / 2;
+    if (s->cfg.max_conns_per_peer < 1) s->cfg.max_conns_per_peer = 1;
+    if (s->cfg.max_conns_per_peer > s->cfg.max_conns) s->cfg.max_conns_per_peer = s->cfg.max_conns;
+    if (s->cfg.evict_grace_ms < 0) s->cfg.evict_grace_ms = 0;
+    if (s->cfg.idle_timeout_ms < 0) s->cfg.idle_timeout_ms = 0;
     /* zeros mean "the default" for the bounds a zeroed config would break */
     struct ferry_server_config def;
     ferry_server_config_defaults(&def);
@@ -121,11 +147,11 @@ int ferry_server_create(const struct ferry_server_config *cfg, struct ferry_serv
         rc = ferry_fail(err, FERRY_ERR_INVALID, "transport %d: expected auto, tcp or rdma", s->cfg.transport);
         goto fail;
     }
-    char why[256];
     if (s->cfg.transport == FERRY_TRANSPORT_RDMA && !ferry_rdma_available(why, sizeof why)) {
         rc = ferry_fail(err, FERRY_ERR_UNSUPPORTED, "RDMA required (--transport rdma), but %s", why);
         goto fail;
     }
+    server_fit_fd_limit(s);
     rc = ferry_tcp_listen(s->host, cfg->port, &s->listener, err);
     if (rc) goto fail;
     *out = s;
@@ -145,7 +171,8 @@ void ferry_server_stop(struct ferry_server *s) {
 }
 
 /* Joins threads that have finished; all of them when `all`. Only the run
- * thread changes the list, so walking it needs no lock; `finished` does. */
+ * thread changes the list, so it walks it without the lock; `finished`
+ * and the links themselves (read by admit under the lock) need it. */
 static void reap(struct ferry_server *s, bool all) {
     struct server_conn **pp = &s->conns;
     while (*pp) {
@@ -155,13 +182,22 @@ static void reap(struct ferry_server *s, bool all) {
         pthread_mutex_unlock(&s->conns_lock);
         if (done || all) {
             pthread_join(sc->thread, NULL);
+            pthread_mutex_lock(&s->conns_lock);
             *pp = sc->next;
+            pthread_mutex_unlock(&s->conns_lock);
             s->n_conns--;
             free(sc);
         } else {
             pp = &sc->next;
         }
     }
+}
+
+/* "127.0.0.1:41234" -> "127.0.0.1": the per-peer bound counts addresses. */
+static void peer_addr(const char *peer, char *out, size_t cap) {
+    snprintf(out, cap, "%s", peer);
+    char *colon = strrchr(out, ':');
+    if (colon) *colon = '\0';
 }
 
 static void accept_one(struct ferry_server *s) {
@@ -171,63 +207,81 @@ static void accept_one(struct ferry_server *s) {
         if (err.code != FERRY_ERR_TIMEOUT) ferry_log_warn("accept: %s", err.msg);
         return;
     }
+    char addr[FERRY_CONN_ADDR_MAX], why[160];
+    peer_addr(ferry_conn_peer(c), addr, sizeof addr);
+    uint32_t code = 0;
+    if (server_admit(s, addr, &code, why, sizeof why) != FERRY_OK) {
+        ferry_log_warn("refusing %s: %s", ferry_conn_peer(c), why);
+        atomic_fetch_add(&s->conns_refused, 1);
+        server_refuse(s, c, code, why); /* reads its HELLO, tells a ferry client why */
+        return;
+    }
     /* HELLO may upgrade it to RDMA */
     struct ferry_rdma_options ro = { .mode = s->cfg.transport, .server = true, .dev = s->cfg.rdma_dev,
                                      .ip = s->cfg.rdma_ip, .gid_index = -1 };
+    const char *fail = NULL;
+    int rc = 0;
+    struct server_conn *sc = NULL;
     if (ferry_conn_offer_upgrade(c, &ro, &c, &err) != FERRY_OK) {
-        ferry_log_warn("accept: %s", err.msg);
-        return;
-    }
-    uint64_t open = atomic_load(&s->conns_open);
-    if (open >= (uint64_t)s->cfg.max_conns) {
-        ferry_log_warn("refusing %s: %llu connections open (max %d)", ferry_conn_peer(c),
-                       (unsigned long long)open, s->cfg.max_conns);
-        atomic_fetch_add(&s->conns_refused, 1);
-        ferry_conn_close(c);
-        return;
-    }
-    struct server_conn *sc = calloc(1, sizeof *sc);
-    if (sc == NULL) {
-        ferry_log_error("refusing %s: out of memory", ferry_conn_peer(c));
-        atomic_fetch_add(&s->conns_refused, 1);
-        ferry_conn_close(c);
-        return;
-    }
-    sc->server = s;
-    sc->conn = c;
-    atomic_fetch_add(&s->conns_accepted, 1);
-    atomic_fetch_add(&s->conns_open, 1);
-    int rc = pthread_create(&sc->thread, NULL, server_conn_main, sc);
-    if (rc != 0) {
-        ferry_log_error("refusing %s: cannot start a thread: %s", ferry_conn_peer(c), strerror(rc));
+        c = NULL; /* taken, also on failure */
+        fail = err.msg;
+    } else if ((sc = calloc(1, sizeof *sc)) == NULL) {
+        fail = "out of memory";
+    } else {
+        sc->server = s;
+        sc->conn = c;
+        snprintf(sc->addr, sizeof sc->addr, "%s", addr);
+        atomic_store(&sc->idle_since_ns, server_now_ns());
+        sc->holds_slot = true;
+        sc->next = s->conns; /* listed before the thread runs: release finds it under the lock */
+        pthread_mutex_lock(&s->conns_lock);
+        s->conns = sc;
+        pthread_mutex_unlock(&s->conns_lock);
+        atomic_fetch_add(&s->conns_accepted, 1);
+        atomic_fetch_add(&s->conns_open, 1);
+        if ((rc = pthread_create(&sc->thread, NULL, server_conn_main, sc)) == 0) {
+            s->n_conns++;
+            return;
+        }
+        fail = strerror(rc);
+        pthread_mutex_lock(&s->conns_lock);
+        s->conns = sc->next;
+        pthread_mutex_unlock(&s->conns_lock);
         atomic_fetch_sub(&s->conns_open, 1);
-        atomic_fetch_add(&s->conns_refused, 1);
-        ferry_conn_close(c);
-        free(sc);
-        return;
+        atomic_fetch_sub(&s->conns_accepted, 1);
     }
-    sc->next = s->conns;
-    s->conns = sc;
-    s->n_conns++;
+    ferry_log_error("refusing %s: %s%s", addr, rc ? "cannot start a thread: " : "", fail);
+    atomic_fetch_add(&s->conns_refused, 1);
+    pthread_mutex_lock(&s->conns_lock);
+    s->slots_used--; /* admit took it */
+    pthread_mutex_unlock(&s->conns_lock);
+    ferry_conn_close(c);
+    free(sc);
 }
 
 int ferry_server_run(struct ferry_server *s, struct ferry_error *err) {
     (void)err;
+    char limits[512];
+    ferry_server_describe_limits(s, limits, sizeof limits);
+    ferry_log_info("serving on %s:%d: max connections %s", s->host, ferry_server_port(s), limits);
+    struct pollfd p[2 + SERVER_MAX_REFUSALS];
     while (!atomic_load(&s->stopping)) {
         reap(s, false);
-        struct pollfd p[2] = {
-            { .fd = ferry_listener_fd(s->listener), .events = POLLIN },
-            { .fd = s->stop_pipe[0], .events = POLLIN },
-        };
-        int n = poll(p, 2, 1000);
+        p[0] = (struct pollfd){ .fd = ferry_listener_fd(s->listener), .events = POLLIN };
+        p[1] = (struct pollfd){ .fd = s->stop_pipe[0], .events = POLLIN };
+        int timeout = 1000;
+        int n_ref = server_refusals_pollfds(s, p + 2, &timeout);
+        int n = poll(p, (nfds_t)(2 + n_ref), timeout);
         if (n < 0 && errno != EINTR) {
             ferry_log_error("poll: %s", strerror(errno));
             break;
         }
-        if (n <= 0) continue;
+        if (n < 0) continue;
         if (p[1].revents) break;
+        server_refusals_poll(s, p + 2); /* answers, and closes those past their deadline */
         if (p[0].revents & POLLIN) accept_one(s);
     }
+    server_refusals_close_all(s);
     /* wake every connection thread: a shut-down socket fails their next I/O */
     pthread_mutex_lock(&s->conns_lock);
     for (struct server_conn *sc = s->conns; sc; sc = sc->next)
@@ -264,6 +318,8 @@ void ferry_server_get_stats(struct ferry_server *s, struct ferry_server_stats *o
     out->conns_refused = atomic_load(&s->conns_refused);
     out->conns_open = atomic_load(&s->conns_open);
     out->conns_dropped = atomic_load(&s->conns_dropped);
+    out->conns_evicted = atomic_load(&s->conns_evicted);
+    out->conns_idle_closed = atomic_load(&s->conns_idle_closed);
     out->buffers_open = atomic_load(&s->buffers_open);
     out->bytes_allocated = atomic_load(&s->bytes_allocated);
     out->commands = atomic_load(&s->commands);
