@@ -32,6 +32,7 @@ struct rpc_opts {
     uint64_t max_size;
     int transport; /* FERRY_TRANSPORT_* */
     const char *rdma_dev, *rdma_ip;
+    int hello_timeout_ms; /* 0: the client's default */
 };
 
 struct bench {
@@ -471,6 +472,9 @@ static int parse_rpc_opts(int argc, char **argv, struct rpc_opts *o) {
                   "the TCP source address)" },
         { .names = "--rdma-ip", .kind = OPT_STRING, .dest = &o->rdma_ip, .arg = "ADDR",
           .help = "use the RDMA GID of this IPv4 address (default $FERRY_RDMA_IP)" },
+        { .names = "--hello-timeout", .kind = OPT_INT, .dest = &o->hello_timeout_ms, .arg = "MS",
+          .help = "give up on a server that does not answer HELLO within MS ms\n"
+                  "(default 5000, or $FERRY_HELLO_TIMEOUT_MS)", .lo = 1, .hi = 86400000 },
         { 0 },
     };
     const struct opts_cmd cmd = {
@@ -538,6 +542,7 @@ int ferry_bench_rpc_main(int argc, char **argv, FILE *out) {
     copts.transport = b.o.transport;
     copts.rdma_dev = b.o.rdma_dev;
     copts.rdma_ip = b.o.rdma_ip;
+    if (b.o.hello_timeout_ms) copts.hello_timeout_ms = b.o.hello_timeout_ms;
     if ((rc = ferry_client_connect(b.o.rpc, &copts, &b.c, &err))) goto out;
     b.is_ferry = ferry_client_server_is_ferry(b.c);
     if ((rc = setup_graph(&b, &err))) goto out;

@@ -117,9 +117,21 @@ static int cmd_serve(int argc, char **argv) {
           .hi = (double)(UINT64_MAX / MIB) },
         { .names = "-m|--mem", .kind = OPT_U64, .dest = &mem_mib, .arg = "MiB", .help = "memory all clients together may allocate (default: physical RAM)", .lo = 1,
           .hi = (double)(UINT64_MAX / MIB) },
-        { .names = "--max-conns", .kind = OPT_INT, .dest = &cfg.max_conns, .arg = "N", .help = "connections served at once (default 16)", .lo = 1, .hi = 4096 },
-        { .names = "--idle-timeout", .kind = OPT_U64, .dest = &idle_s, .arg = "S", .help = "drop a client idle for S seconds (default 0 = never)", .lo = 0,
+        { .names = "--max-conns", .kind = OPT_INT, .dest = &cfg.max_conns, .arg = "N",
+          .help = "connections served at once (default: min(1024, RAM / 8 MiB, fd limit));\n"
+          "when full, the connection idle the longest is evicted", .lo = 1, .hi = 1 << 20 },
+        { .names = "--max-conns-per-peer", .kind = OPT_INT, .dest = &cfg.max_conns_per_peer, .arg = "N",
+          .help = "connections one IP address may hold (default: half of --max-conns)", .lo = 1, .hi = 1 << 20 },
+        { .names = "--idle-timeout", .kind = OPT_U64, .dest = &idle_s, .arg = "S",
+          .help = "close connections holding no buffers after S idle seconds\n"
+          "(default 60; 0 = never); a loaded model is never closed for idleness", .lo = 0,
           .hi = 86400.0 * 365 },
+        { .names = "--evict-grace", .kind = OPT_INT, .dest = &cfg.evict_grace_ms, .arg = "MS",
+          .help = "an idle connection may be evicted only after MS ms without a\n"
+          "command (default 1000)", .lo = 0, .hi = 86400000 },
+        { .names = "--evict-loaded", .kind = OPT_FLAG, .dest = &cfg.evict_loaded,
+          .help = "under pressure, idle connections holding buffers may be evicted\n"
+          "too (default: never)" },
         { .names = "--transport", .kind = OPT_FN, .dest = &cfg.transport, .arg = "T",
           .help = "auto | tcp | rdma (default auto: RDMA for clients that offer it;\n"
           "rdma: required, clients without it are refused)",
@@ -147,7 +159,8 @@ static int cmd_serve(int argc, char **argv) {
         cfg.mem_limit = mem_mib * MIB;
         cfg.max_payload = cfg.mem_limit;
     }
-    if (idle_s) cfg.idle_timeout_ms = idle_s * 1000 > INT32_MAX ? INT32_MAX : (int)(idle_s * 1000);
+    if (opts_find(&cmd, "--idle-timeout")->seen)
+        cfg.idle_timeout_ms = idle_s * 1000 > INT32_MAX ? INT32_MAX : (int)(idle_s * 1000);
     bool cache = opts_find(&cmd, "-c")->seen > 0;
     ferry_log_set_level(level);
     if (cache && cache_dir == NULL) {
@@ -211,7 +224,9 @@ static int cmd_serve(int argc, char **argv) {
     ferry_engine_self_check(&n_checked, NULL);
     fprintf(stderr, "  simd       : %s (self-check: %d dot-product kernel sets, ok)\n", ferry_engine_simd_name(),
             n_checked);
-    fprintf(stderr, "  max conns  : %d\n", cfg.max_conns);
+    char limits[512];
+    ferry_server_describe_limits(s, limits, sizeof limits);
+    fprintf(stderr, "  max conns  : %s\n", limits);
 
     g_server = s;
     struct sigaction sa;

@@ -50,6 +50,9 @@ struct model_opts {
               "the TCP source address)" }, \
     { .names = "--rdma-ip", .kind = OPT_STRING, .dest = &(o).mp.client.rdma_ip, .arg = "ADDR", \
       .help = "use the RDMA GID of this IPv4 address (default $FERRY_RDMA_IP)" }, \
+    { .names = "--hello-timeout", .kind = OPT_INT, .dest = &(o).mp.client.hello_timeout_ms, .arg = "MS", \
+      .help = "give up on a server that does not answer HELLO within MS ms\n" \
+              "(default 5000, or $FERRY_HELLO_TIMEOUT_MS)", .lo = 1, .hi = 86400000 }, \
     { .names = "--no-hash-cache", .kind = OPT_FLAG, .dest = &(o).mp.no_hash_cache, \
       .help = "send every weight, never probe the server's cache" }, \
     { .names = "--no-progress", .kind = OPT_FLAG, .dest = &(o).no_progress, .help = "no progress on stderr" }, \

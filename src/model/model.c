@@ -445,6 +445,8 @@ static int connect_servers(struct ferry_model *m, float *split, struct ferry_err
     if (p->client.transport) o.transport = p->client.transport;
     if (p->client.rdma_dev) o.rdma_dev = p->client.rdma_dev;
     if (p->client.rdma_ip) o.rdma_ip = p->client.rdma_ip;
+    if (p->client.hello_timeout_ms) o.hello_timeout_ms = p->client.hello_timeout_ms;
+    if (p->client.hash_min_size) o.hash_min_size = p->client.hash_min_size;
     const struct ferry_client_options *opts = &o;
     bool given = false;
     for (int i = 0; i < p->n_rpc; i++) given |= p->tensor_split[i] > 0;
