@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "ferry/log.h"
+#include "util/fs.h"
 #include "proto/rpc.h"
 #include "server/buffers.h"
 
@@ -129,21 +130,6 @@ static void evict(struct ferry_cache *c, uint64_t keep) {
     }
 }
 
-static int mkdir_p(const char *dir) {
-    char tmp[4096];
-    size_t len = strlen(dir);
-    if (len == 0 || len >= sizeof tmp) return -1;
-    memcpy(tmp, dir, len + 1);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return -1;
-        *p = '/';
-    }
-    if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return -1;
-    return 0;
-}
-
 static bool parse_hash_name(const char *name, uint64_t *hash) {
     if (strlen(name) != 16) return false;
     uint64_t h = 0;
@@ -228,7 +214,7 @@ static void *writer_main(void *arg);
 int ferry_cache_open(const char *dir, uint64_t max_bytes, struct ferry_cache **out,
                      struct ferry_error *err) {
     *out = NULL;
-    if (mkdir_p(dir) != 0)
+    if (ferry_mkdir_p(dir) != 0)
         return ferry_fail(err, FERRY_ERR_IO, "cache dir %s: %s", dir, strerror(errno));
     /* files are written only when a client sends a tensor: prove now that
      * they can be, rather than fail on every connection */

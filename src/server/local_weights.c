@@ -18,6 +18,7 @@
 
 #include "ferry/gguf.h"
 #include "ferry/log.h"
+#include "util/fs.h"
 #include "proto/rpc.h"
 
 #define INDEX_MAGIC "ferry-local-index 2"
@@ -267,20 +268,6 @@ static int cmp_entry(const void *a, const void *b) {
     return (x->hash > y->hash) - (x->hash < y->hash);
 }
 
-static int mkdir_p(const char *dir) {
-    char tmp[PATH_MAX];
-    size_t len = strlen(dir);
-    if (len == 0 || len >= sizeof tmp) return -1;
-    memcpy(tmp, dir, len + 1);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return -1;
-        *p = '/';
-    }
-    return mkdir(tmp, 0755) != 0 && errno != EEXIST ? -1 : 0;
-}
-
 int ferry_local_weights_open(const char *const *paths, int n_paths, const char *index_dir, int n_threads,
                              struct ferry_local_weights **out, struct ferry_error *err) {
     *out = NULL;
@@ -289,7 +276,7 @@ int ferry_local_weights_open(const char *const *paths, int n_paths, const char *
     pthread_mutex_init(&lw->lock, NULL);
     int rc = FERRY_OK;
     for (int i = 0; i < n_paths && rc == FERRY_OK; i++) rc = add_path(lw, paths[i], err);
-    if (rc == FERRY_OK && index_dir && mkdir_p(index_dir) != 0) {
+    if (rc == FERRY_OK && index_dir && ferry_mkdir_p(index_dir) != 0) {
         ferry_log_warn("model index directory %s: %s (indexes will not be kept)", index_dir, strerror(errno));
         index_dir = NULL;
     }
