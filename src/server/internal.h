@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "ferry/engine.h"
 #include "ferry/server.h"
@@ -111,6 +112,11 @@ void server_fit_fd_limit(struct ferry_server *s);
 bool server_mem_reserve(struct ferry_server *s, uint64_t size);
 void server_mem_release(struct ferry_server *s, uint64_t size);
 
-uint64_t server_now_ns(void);
+/* Monotonic nanoseconds: timings, idleness. */
+static inline uint64_t server_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 #endif

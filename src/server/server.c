@@ -19,12 +19,6 @@
 #include "ferry/log.h"
 #include "server/internal.h"
 
-uint64_t server_now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* An integer from the environment, or def when unset or out of [min, max]
  * (with a warning: a typo must not silently change a limit). */
 static int env_int(const char *name, int def, long min, long max) {
