@@ -387,20 +387,26 @@ static int reaped(struct rdma_conn *r, struct ferry_error *err) {
 }
 
 /* How long a wait for the peer's next message spins before it sleeps:
- * twice the typical wait after the same kind of message, within
- * [SPIN_FLOOR_US, the cap]. docs/rdma-waiting.md says why. */
+ * twice the typical wait after the same kind of message (plus a floor),
+ * at most the cap; nothing beyond the floor when the typical wait is
+ * longer than the cap (spinning would not catch it). docs/rdma-waiting.md
+ * says why. */
 static int64_t spin_budget(const struct rdma_conn *r) {
-    if (r->spin_cap_us <= 0) return 0;
-    int64_t b = 2 * (int64_t)r->wait_est[r->wait_key] + SPIN_FLOOR_US;
-    return b < r->spin_cap_us ? b : r->spin_cap_us;
+    int64_t cap = r->spin_cap_us, est = r->wait_est[r->wait_key];
+    if (cap <= 0) return 0;
+    if (est > cap) return SPIN_FLOOR_US < cap ? SPIN_FLOOR_US : cap;
+    int64_t b = 2 * est + SPIN_FLOOR_US;
+    return b < cap ? b : cap;
 }
 
-/* A wait of w us for the peer's next message ended: waits within the cap
- * move the estimate (up fast, down slowly); a longer one means the peer
- * was idle, and halves it, so an idle connection stops spinning. */
+/* A wait of w us for the peer's next message ended: waits up to twice the
+ * cap move the estimate (up fast, down slowly), so a wait made long by
+ * both sides sleeping is still seen as traffic worth spinning for; a
+ * longer one means the peer was idle and halves it, so an idle connection
+ * stops spinning. */
 static void learn_wait(struct rdma_conn *r, int64_t w) {
     uint32_t *e = &r->wait_est[r->wait_key];
-    if (w > r->spin_cap_us) *e /= 2;
+    if (w > 2 * (int64_t)r->spin_cap_us) *e /= 2;
     else if (w > *e) *e = (uint32_t)((*e + w + 1) / 2);
     else *e = (uint32_t)((3 * (int64_t)*e + w) / 4);
 }

@@ -24,7 +24,7 @@
 #define SEND_TAG (1ull << 32)  /* wr_id of a send-queue WR: SEND_TAG | slot (or NO_SLOT) */
 #define NO_SLOT 0xffffu
 #define SPIN_FLOOR_US 20       /* the least a wait spins before it sleeps */
-#define DEFAULT_SPIN_CAP_US 1000 /* the most ($FERRY_RDMA_SPIN_US): see docs/rdma-waiting.md */
+#define DEFAULT_SPIN_CAP_US 10000 /* the most ($FERRY_RDMA_SPIN_US): see docs/rdma-waiting.md */
 #define WAIT_KEYS 256          /* spin estimates, by the first byte of the last message sent */
 #define DRAIN_MS 1000             /* at close: how long queued SENDs may take to leave */
 #define DEFAULT_WRITE_MIN (1u << 20) /* payloads from here on move by RDMA WRITE (ferry mode) */
