@@ -71,35 +71,38 @@ bench_in_guest() {
 # <-> ggml server and ferry <-> ferry. ggml's client asks GET_DEVICE_MEMORY (build-rdma/ggml-rtt),
 # ferry's GET_ALIGNMENT (`ferry bench rpc`); each pair's ratio compares it with itself.
 table_in_guest() {
-    local n=${RDMA_TABLE_N:-400} g=$dir/ggml-rtt gs=$dir/ggml-rpc-server rc=0
-    "$gs" -H 198.18.0.2 -p 50070 -t 1 >/dev/null 2>&1 &
-    local gpid=$!
-    "$dir/ferry" serve -H 198.18.0.2 -p 50071 --log-level warn 2>/dev/null &
-    local fpid=$!
-    for p in 50070 50071; do
-        for _ in $(seq 100); do (exec 3<>/dev/tcp/198.18.0.2/$p) 2>/dev/null && break; sleep 0.2; done
-    done
-    ggml_p50() { "$g" 198.18.0.2:$1 "$n" | awk '{print $2}'; }
-    ferry_p50() {
-        "$dir/ferry" bench rpc --rpc 198.18.0.2:$1 --net none --max-size 4K --iterations "$n" --quiet --json \
-            --transport "$2" | grep -o '"get_alignment":{[^}]*' | grep -o '"p50_us":[0-9.]*' | cut -d: -f2
+    local n=${RDMA_TABLE_N:-400} rc=0 spid
+    # a fresh server per measure: ggml's server busy-polls its queue pair for good once an RDMA
+    # client has come and gone, which would slow every later measure in a 2-CPU guest
+    up() { # ggml|ferry: starts the server on 198.18.0.2:50070
+        if [ "$1" = ggml ]; then "$dir/ggml-rpc-server" -H 198.18.0.2 -p 50070 -t 1 >/dev/null 2>&1 &
+        else "$dir/ferry" serve -H 198.18.0.2 -p 50070 --log-level warn 2>/dev/null & fi
+        spid=$!
+        for _ in $(seq 100); do (exec 3<>/dev/tcp/198.18.0.2/50070) 2>/dev/null && break; sleep 0.2; done
     }
-    row() { # name, rdma p50, tcp p50
-        awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN{ if (a > 0 && b > 0) printf "figures: small request %-28s RDMA p50 %8.1f us, TCP p50 %8.1f us: %.2fx TCP\n", n, a, b, a / b; else { printf "figures: small request %-28s FAILED (rdma %s, tcp %s)\n", n, a, b; exit 1 } }'
+    down() { kill $spid; wait $spid 2>/dev/null || true; }
+    p50() { # client (ggml|ferry), transport (rdma|tcp): p50 in us of its small request
+        if [ "$1" = ggml ] && [ "$2" = rdma ]; then
+            GGML_RDMA_DEV=rxe0 GGML_RDMA_GID=1 "$dir/ggml-rtt" 198.18.0.2:50070 "$n" 2>/dev/null | awk '{print $2}'
+        elif [ "$1" = ggml ]; then
+            GGML_RDMA_DEV=none "$dir/ggml-rtt" 198.18.0.2:50070 "$n" 2>/dev/null | awk '{print $2}'
+        else
+            FERRY_RDMA_DEV=rxe0 "$dir/ferry" bench rpc --rpc 198.18.0.2:50070 --net none --max-size 4K \
+                --iterations "$n" --quiet --json --transport "$2" 2>/dev/null |
+                grep -o '"get_alignment":{[^}]*' | grep -o '"p50_us":[0-9.]*' | cut -d: -f2
+        fi
     }
     for round in 1 2; do
         echo "== round $round"
-        a=$(GGML_RDMA_DEV=rxe0 GGML_RDMA_GID=1 ggml_p50 50070); b=$(GGML_RDMA_DEV=none ggml_p50 50070)
-        row "ggml client <-> ggml server" "$a" "$b" || rc=1
-        a=$(GGML_RDMA_DEV=rxe0 GGML_RDMA_GID=1 ggml_p50 50071); b=$(GGML_RDMA_DEV=none ggml_p50 50071)
-        row "ggml client <-> ferry serve" "$a" "$b" || rc=1
-        a=$(FERRY_RDMA_DEV=rxe0 ferry_p50 50070 rdma); b=$(ferry_p50 50070 tcp)
-        row "ferry client <-> ggml server" "$a" "$b" || rc=1
-        a=$(FERRY_RDMA_DEV=rxe0 ferry_p50 50071 rdma); b=$(ferry_p50 50071 tcp)
-        row "ferry <-> ferry" "$a" "$b" || rc=1
+        for pair in "ggml ggml" "ggml ferry" "ferry ggml" "ferry ferry"; do
+            set -- $pair
+            up "$2"; a=$(p50 "$1" rdma); down
+            up "$2"; b=$(p50 "$1" tcp); down
+            awk -v n="$1 client <-> $2 server" -v a="$a" -v b="$b" 'BEGIN{
+                if (a > 0 && b > 0) printf "figures: small request, %-27s RDMA p50 %8.1f us, TCP p50 %8.1f us: %.2fx TCP\n", n, a, b, a / b
+                else { printf "figures: small request, %-27s FAILED (rdma %s, tcp %s)\n", n, a, b; exit 1 } }' || rc=1
+        done
     done
-    kill $gpid $fpid
-    wait $gpid $fpid 2>/dev/null || true
     return $rc
 }
 

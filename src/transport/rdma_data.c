@@ -18,6 +18,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -432,6 +433,9 @@ int rdma_progress(struct rdma_conn *r, bool want_recv, int64_t deadline, struct 
             if (n < 0) return n;
             if (DONE(n)) break;
         }
+        /* on a busy host the peer, or the kernel thread that moves our
+         * packets (Soft-RoCE), may need this core: let them have it */
+        if (!DONE(n)) sched_yield();
         t = now_us();
         if (DONE(n)) {
             r->base.stats.spin_us += (uint64_t)(t - t0);
