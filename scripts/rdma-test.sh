@@ -4,6 +4,12 @@
 # Needs root (the harness installs qemu and boots the guest).
 #   scripts/rdma-test.sh              build, boot the guest, run the suite and the bench
 #   scripts/rdma-test.sh --bench      only ferry bench rpc over RDMA and idle CPU, in the guest
+#   RDMA_GGML=DIR scripts/rdma-test.sh --table
+#                                     small-request round trips, RDMA against TCP, for every
+#                                     pair of ggml and ferry client and server, in one guest run;
+#                                     DIR holds ggml's source (DIR/ggml) and a GGML_NATIVE=OFF
+#                                     build of it with RDMA (DIR/build: targets ggml ggml-rpc
+#                                     ggml-cpu, see /work/shared/ggml/build.sh's flags)
 #   RDMA_TEST_TIMEOUT=SEC             bound on the guest run (default 540)
 # Inside the guest (rxe0 on veth0 198.18.0.1, rxe1 on veth1 198.18.0.2) it
 # runs tests/test_rdma with FERRY_TEST_RDMA=1, then again under a 4 MiB
@@ -60,6 +66,46 @@ bench_in_guest() {
     return $rc
 }
 
+# In the guest: p50 of a small request's round trip over RDMA and over TCP between the same two
+# endpoints, one run after the other, for ggml <-> ggml, ggml client <-> ferry serve, ferry client
+# <-> ggml server and ferry <-> ferry. ggml's client asks GET_DEVICE_MEMORY (build-rdma/ggml-rtt),
+# ferry's GET_ALIGNMENT (`ferry bench rpc`); each pair's ratio compares it with itself.
+table_in_guest() {
+    local n=${RDMA_TABLE_N:-400} rc=0 spid
+    # a fresh server per measure: ggml's server busy-polls its queue pair for good once an RDMA
+    # client has come and gone, which would slow every later measure in a 2-CPU guest
+    up() { # ggml|ferry: starts the server on 198.18.0.2:50070
+        if [ "$1" = ggml ]; then "$dir/ggml-rpc-server" -H 198.18.0.2 -p 50070 -t 1 >/dev/null 2>&1 &
+        else "$dir/ferry" serve -H 198.18.0.2 -p 50070 --log-level warn 2>/dev/null & fi
+        spid=$!
+        for _ in $(seq 100); do (exec 3<>/dev/tcp/198.18.0.2/50070) 2>/dev/null && break; sleep 0.2; done
+    }
+    down() { kill $spid; wait $spid 2>/dev/null || true; }
+    p50() { # client (ggml|ferry), transport (rdma|tcp): p50 in us of its small request
+        if [ "$1" = ggml ] && [ "$2" = rdma ]; then
+            GGML_RDMA_DEV=rxe0 GGML_RDMA_GID=1 "$dir/ggml-rtt" 198.18.0.2:50070 "$n" 2>/dev/null | awk '{print $2}'
+        elif [ "$1" = ggml ]; then
+            GGML_RDMA_DEV=none "$dir/ggml-rtt" 198.18.0.2:50070 "$n" 2>/dev/null | awk '{print $2}'
+        else
+            FERRY_RDMA_DEV=rxe0 "$dir/ferry" bench rpc --rpc 198.18.0.2:50070 --net none --max-size 4K \
+                --iterations "$n" --quiet --json --transport "$2" 2>/dev/null |
+                grep -o '"get_alignment":{[^}]*' | grep -o '"p50_us":[0-9.]*' | cut -d: -f2
+        fi
+    }
+    for round in 1 2; do
+        echo "== round $round"
+        for pair in "ggml ggml" "ggml ferry" "ferry ggml" "ferry ferry"; do
+            set -- $pair
+            up "$2"; a=$(p50 "$1" rdma); down
+            up "$2"; b=$(p50 "$1" tcp); down
+            awk -v n="$1 client <-> $2 server" -v a="$a" -v b="$b" 'BEGIN{
+                if (a > 0 && b > 0) printf "figures: small request, %-27s RDMA p50 %8.1f us, TCP p50 %8.1f us: %.2fx TCP\n", n, a, b, a / b
+                else { printf "figures: small request, %-27s FAILED (rdma %s, tcp %s)\n", n, a, b; exit 1 } }' || rc=1
+        done
+    done
+    return $rc
+}
+
 # In the guest: a generated model run split over RDMA (every layer on a server on rxe1) must
 # write, with greedy sampling, exactly the text of the same model run locally.
 model_in_guest() {
@@ -83,6 +129,10 @@ model_in_guest() {
 
 if [ "${1:-}" = --bench-in-guest ]; then
     bench_in_guest
+    exit
+fi
+if [ "${1:-}" = --table-in-guest ]; then
+    table_in_guest
     exit
 fi
 
@@ -119,9 +169,46 @@ fi
 
 what=--in-guest targets=(test_rdma test_rdma_ggml ferry-cli)
 if [ "${1:-}" = --bench ]; then what=--bench-in-guest; fi
+if [ "${1:-}" = --table ]; then what=--table-in-guest; fi
 bash scripts/deps.sh
 cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_WERROR=ON -DFERRY_RDMA=ON >/dev/null
 ninja -C "$dir" "${targets[@]}"
+if [ "$what" = --table-in-guest ]; then # ggml's RPC client and server, against ggml's own build
+    [ -d "${RDMA_GGML:-}/build/src/ggml-rpc" ] || { echo "--table needs RDMA_GGML=DIR (see the header)"; exit 2; }
+    gb=$RDMA_GGML/build/src
+    link=(-I"$RDMA_GGML/ggml/include" -L"$gb" -L"$gb/ggml-rpc" -Wl,-rpath,"$gb" -Wl,-rpath,"$gb/ggml-rpc"
+          -lggml -lggml-base -lggml-cpu -lggml-rpc)
+    gcc -O2 -o "$dir/ggml-rpc-server" /work/shared/ggml/rpc-ref-server.c "${link[@]}"
+    gcc -O2 -x c -o "$dir/ggml-rtt" - "${link[@]}" <<'EOF'
+/* p50 of small round trips (GET_DEVICE_MEMORY) from ggml's own RPC client. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include "ggml-backend.h"
+#include "ggml-rpc.h"
+static double now_us(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1e6 + t.tv_nsec / 1e3; }
+static int cmp(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return x < y ? -1 : x > y; }
+int main(int argc, char **argv) {
+    int n = argc > 2 ? atoi(argv[2]) : 0;
+    if (n < 1) { fprintf(stderr, "usage: ggml-rtt HOST:PORT N\n"); return 2; }
+    ggml_backend_buffer_type_t bt = ggml_backend_rpc_buffer_type(argv[1], 0);
+    ggml_backend_buffer_t buf = bt ? ggml_backend_buft_alloc_buffer(bt, 4096) : NULL; /* holds the connection */
+    double *t = malloc(sizeof *t * n);
+    if (!buf || !t) { fprintf(stderr, "ggml-rtt: no connection to %s\n", argv[1]); return 1; }
+    size_t fr, tot;
+    for (int i = 0; i < n / 10 + 1; i++) ggml_backend_rpc_get_device_memory(argv[1], 0, &fr, &tot);
+    for (int i = 0; i < n; i++) {
+        double t0 = now_us();
+        ggml_backend_rpc_get_device_memory(argv[1], 0, &fr, &tot);
+        t[i] = now_us() - t0;
+    }
+    qsort(t, n, sizeof *t, cmp);
+    printf("p50_us %.1f min_us %.1f n %d\n", t[n / 2], t[0], n);
+    ggml_backend_buffer_free(buf);
+    return 0;
+}
+EOF
+fi
 [ -f "$dir/model-20m.gguf" ] || "$dir/ferry" gen-model -o "$dir/model-20m.gguf" --size 20M --type q8_0 >/dev/null
 if [ "$what" = --in-guest ]; then # the same tests under the sanitizers (scripts/test.sh --sanitize's tree)
     CC=clang cmake -S . -B build-asan -G Ninja -DFERRY_WERROR=ON -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON \

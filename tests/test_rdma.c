@@ -11,7 +11,9 @@
  * SET_TENSOR and GET_TENSOR, several connections at once, malformed caps,
  * required-but-absent refusals, a client killed mid-transfer (the server
  * keeps serving) and a server killed mid-transfer (the client gets an error
- * within seconds). Peers that must die run as child processes of this
+ * within seconds), and what a small request costs in ferry framing: one
+ * SEND each way, no credit message, at most one wake-up per side (the
+ * server's counters through the transport's STATS message). Peers that must die run as child processes of this
  * program (fork + exec of itself with a role argument), killed by PID.
  *
  * `test_rdma --mtu-mismatch` is the part scripts/rdma-test.sh runs again
@@ -28,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client/internal.h" /* the client's connection, for the server's transport counters */
 #include "ferry/client.h"
 #include "ferry/log.h"
 #include "ferry/server.h"
@@ -465,6 +468,70 @@ static void test_figures(struct test_server *ts) {
     test_reconnect_cost(ts, "ferry framing");
 }
 
+/* This side's counters and the peer's (STATS), outside any request;
+ * ours before the question (mine_first) or after the answer, so that a
+ * span between two calls holds none of our STATS messages. */
+static bool both_counters(struct ferry_client *c, struct ferry_conn_stats *mine, struct ferry_conn_stats *peer,
+                          bool mine_first, struct ferry_error *err) {
+    pthread_mutex_lock(&c->lock);
+    if (c->conn && mine_first) *mine = *ferry_conn_stats(c->conn);
+    bool ok = c->conn && ferry_conn_peer_counters(c->conn, peer, err) == FERRY_OK;
+    if (ok && !mine_first) *mine = *ferry_conn_stats(c->conn);
+    pthread_mutex_unlock(&c->lock);
+    return ok;
+}
+
+/* N small requests in a row between ferry peers: one inline SEND each
+ * way, never a credit-only message, and no wake-up beyond the one a
+ * sleeping side needs for the message it waits for (send completions do
+ * not wake it: solicited events). With a ggml-framing server there are no
+ * peer counters to ask for. */
+static void test_small_cost(struct test_server *ts) {
+    enum { N = 200 };
+    struct ferry_error err;
+    struct ferry_client *c = NULL;
+    if (!CHECK(client_open(ts->endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err) == FERRY_OK, "connect: %s",
+               err.msg))
+        return;
+    struct ferry_conn_stats m0, m1, p0, p1;
+    bool ok = both_counters(c, &m0, &p0, false, &err);
+    CHECK(ok, "the server's counters over STATS: %s", ok ? "" : err.msg);
+    for (int i = 0; i < N && ok; i++) {
+        uint64_t al = 0;
+        ok = CHECK(ferry_client_alignment(c, 0, &al, &err) == FERRY_OK && al > 0, "GET_ALIGNMENT %d: %s", i, err.msg);
+    }
+    if (ok && CHECK(both_counters(c, &m1, &p1, true, &err), "the server's counters again: %s", err.msg)) {
+        /* the server's span holds its answer to the first STATS too */
+        uint64_t cs = m1.sends_posted - m0.sends_posted, ss = p1.sends_posted - p0.sends_posted;
+        CHECK(cs == N && (ss == N || ss == N + 1), "one SEND per request each way (client %" PRIu64 ", server %" PRIu64
+              " for %d)", cs, ss, N);
+        CHECK(m1.credit_msgs == m0.credit_msgs && p1.credit_msgs == p0.credit_msgs, "no credit message (client %" PRIu64
+              ", server %" PRIu64 ")", m1.credit_msgs - m0.credit_msgs, p1.credit_msgs - p0.credit_msgs);
+        uint64_t cw = m1.cq_wakeups - m0.cq_wakeups, sw = p1.cq_wakeups - p0.cq_wakeups;
+        CHECK(cw <= N && sw <= N + 1, "at most one wake-up per request per side (client %" PRIu64 ", server %" PRIu64
+              ")", cw, sw);
+        printf("figures: per small request, ferry framing: client %.2f SENDs, %.2f completions, %.2f sleeps, %.2f "
+               "wake-ups, %.1f us spin | server %.2f SENDs, %.2f completions, %.2f sleeps, %.2f wake-ups, %.1f us spin\n",
+               (double)cs / N, (double)(m1.completions - m0.completions) / N, (double)(m1.cq_sleeps - m0.cq_sleeps) / N,
+               (double)cw / N, (double)(m1.spin_us - m0.spin_us) / N, (double)ss / N,
+               (double)(p1.completions - p0.completions) / N, (double)(p1.cq_sleeps - p0.cq_sleeps) / N, (double)sw / N,
+               (double)(p1.spin_us - p0.spin_us) / N);
+    }
+    ferry_client_close(c);
+    struct test_server g;
+    if (!CHECK(server_start_as(&g, SERVER_IP, FERRY_TRANSPORT_RDMA, true), "a server in ggml's framing")) return;
+    if (CHECK(client_open(g.endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err) == FERRY_OK, "connect: %s", err.msg)) {
+        pthread_mutex_lock(&c->lock);
+        int rc = ferry_conn_peer_counters(c->conn, &p0, &err);
+        pthread_mutex_unlock(&c->lock);
+        CHECK(rc == FERRY_ERR_UNSUPPORTED, "no STATS in ggml's framing (rc %d)", rc);
+        uint64_t al = 0;
+        CHECK(ferry_client_alignment(c, 0, &al, &err) == FERRY_OK, "the connection is unharmed: %s", err.msg);
+        ferry_client_close(c);
+    }
+    test_server_stop(&g);
+}
+
 struct worker {
     const char *endpoint;
     int id;
@@ -877,6 +944,8 @@ int main(int argc, char **argv) {
     printf("  [%.1f s] 64 MiB\n", now_s() - t0);
     test_figures(&ts);
     printf("  [%.1f s] figures\n", now_s() - t0);
+    test_small_cost(&ts);
+    printf("  [%.1f s] small requests\n", now_s() - t0);
     test_several(&ts);
     printf("  [%.1f s] several\n", now_s() - t0);
     test_bad_caps(&ts);

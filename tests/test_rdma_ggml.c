@@ -25,7 +25,8 @@
  * played by a hostile client with the same verbs code against ferry's
  * server: one correct exchange first, then one fresh connection per
  * violation (no immediate, unknown kind, excess credits, CTS without RTS,
- * malformed RTS, wrapping sink, stray WDONE, bad records, a client that
+ * malformed RTS, wrapping sink, stray WDONE, a STATS question it did not
+ * negotiate, bad records, a client that
  * stops mid-frame). Each must be dropped within 10 s, counted, and leave
  * the server serving a ferry client as before.
  *
@@ -1056,7 +1057,7 @@ static void control(void) {
 
 /* ferry's framing between two ferry peers (docs/protocol-extensions.md,
  * "RDMA between two ferry peers"), spelled out here from the document. */
-enum { FK_DATA = 0, FK_CREDIT = 1, FK_RTS = 2, FK_CTS = 3, FK_SINK = 4, FK_WDONE = 5 };
+enum { FK_DATA = 0, FK_CREDIT = 1, FK_RTS = 2, FK_CTS = 3, FK_SINK = 4, FK_WDONE = 5, FK_STATS = 7 };
 #define HELLO_FLAG_RDMA_EXT 0x02
 #define REC_SIZE 96
 #define REC_MTU 1024
@@ -1073,6 +1074,7 @@ enum fr_case {
     FR_RTS_ZERO,   /* e: an RTS offering n = 0 */
     FR_SINK_WRAP,  /* f: a sink whose addr + len overflows */
     FR_WDONE,      /* g: a WDONE write with no CTS granted */
+    FR_STATS,      /* g2: a STATS question, a feature this client did not negotiate */
     FR_BAD_MAGIC,  /* h: a record that is not "FRDM" */
     FR_BAD_MTU,    /* h: a record with path MTU 3000 */
     FR_STOPS,      /* i: a request, half of the next, then silence and a TCP FIN */
@@ -1092,6 +1094,7 @@ static const struct {
     [FR_RTS_ZERO] = { "e2", "an RTS offering n = 0", true, false },
     [FR_SINK_WRAP] = { "f", "a SINK whose addr + len overflows u64", true, false },
     [FR_WDONE] = { "g", "a 0-byte RDMA_WRITE_WITH_IMM of kind WDONE (addr 0, rkey 0), no CTS granted", true, false },
+    [FR_STATS] = { "g2", "a STATS question (kind 7) without the feature in its record", true, false },
     [FR_BAD_MAGIC] = { "h1", "a record with magic \"XRDM\" instead of the valid one", true, true },
     [FR_BAD_MTU] = { "h2", "a record with path MTU 3000 instead of the valid one", true, true },
     [FR_STOPS] = { "i", "GET_DEVICE_MEMORY plus the head of a SET_TENSOR, then nothing and a TCP FIN", false, false },
@@ -1344,6 +1347,7 @@ static int fr_misbehave(struct fr_conn *c, enum fr_case which) {
         put_u64(m, UINT64_MAX - 4095), put_u64(m + 8, 8192), put_u32(m + 16, 0x1234);
         return fr_post(p, IBV_WR_SEND_WITH_IMM, fr_imm(FK_SINK, 0), m, 20);
     case FR_WDONE: return fr_post(p, IBV_WR_RDMA_WRITE_WITH_IMM, fr_imm(FK_WDONE, 0), NULL, 0);
+    case FR_STATS: return fr_post(p, IBV_WR_SEND_WITH_IMM, fr_imm(FK_STATS, 0), NULL, 0);
     case FR_BAD_MAGIC:
     case FR_BAD_MTU:
         fr_record(rec, which == FR_BAD_MAGIC ? "XRDM" : "FRDM", which == FR_BAD_MAGIC ? REC_MTU : 3000);

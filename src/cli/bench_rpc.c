@@ -8,7 +8,11 @@
  * sink transfer + its 1-byte ack; GET_TENSOR against a source transfer.
  * CPU per operation: this thread's getrusage (the in-process net peer runs
  * in other threads), and the server's own counters through ferry's
- * FERRY_STATS extension when the server is ferry's (else n/a). */
+ * FERRY_STATS extension when the server is ferry's (else n/a).
+ * Over RDMA, what one small request costs the transport on each side:
+ * work requests posted, completions, sleeps on the completion channel and
+ * wake-ups from it; the server's side through the transport's own STATS
+ * message (ferry framing only). */
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +20,9 @@
 
 #include "cli/bench.h"
 #include "cli/opts.h"
+#include "client/internal.h" /* the connection, for its transport's counters */
 #include "ferry/client.h"
+#include "transport/transport.h"
 
 #define TIME_CAP_S 10.0       /* per latency measure */
 #define BW_TARGET_S 0.5       /* per bandwidth measure (--quick: 0.1) */
@@ -24,6 +30,7 @@
 #define GRAPH_REQ_BYTES 334   /* GRAPH_RECOMPUTE 9+4 and GET_TENSOR 9+312 */
 #define GRAPH_RSP_BYTES 72    /* 8 + 64 */
 #define NA -1.0               /* "not available" in results */
+#define COUNT_REQS 500        /* small requests in a row for the per-request counters */
 
 struct rpc_opts {
     const char *rpc, *net;
@@ -173,6 +180,71 @@ static int rtt_pair(struct bench *b, uint32_t req, uint32_t rsp, op_fn fn, struc
     free(st);
     free(sr);
     return rc;
+}
+
+/* ---- per-request transport counters ------------------------------------------ */
+
+struct side_counts {
+    bool ok;
+    double sends, recvs, writes, completions, sleeps, wakeups, spin_us;
+};
+
+struct per_req {
+    int n;
+    struct side_counts client, server;
+};
+
+static void side_delta(const struct ferry_conn_stats *a, const struct ferry_conn_stats *z, int n,
+                       struct side_counts *out) {
+    out->ok = true;
+    out->sends = (double)(z->sends_posted - a->sends_posted) / n;
+    out->recvs = (double)(z->recvs_posted - a->recvs_posted) / n;
+    out->writes = (double)(z->writes_posted - a->writes_posted) / n;
+    out->completions = (double)(z->completions - a->completions) / n;
+    out->sleeps = (double)(z->cq_sleeps - a->cq_sleeps) / n;
+    out->wakeups = (double)(z->cq_wakeups - a->cq_wakeups) / n;
+    out->spin_us = (double)(z->spin_us - a->spin_us) / n;
+}
+
+/* Counters of this side (after asking) and of the server (its answer to
+ * STATS; ok false when the framing has none). */
+static int snapshot(struct bench *b, struct ferry_conn_stats *mine, struct ferry_conn_stats *peer, bool *peer_ok,
+                    bool mine_first, struct ferry_error *err) {
+    pthread_mutex_lock(&b->c->lock);
+    struct ferry_conn *conn = b->c->conn;
+    int rc = FERRY_OK;
+    if (conn == NULL) {
+        rc = ferry_fail(err, FERRY_ERR_CLOSED, "connection lost");
+    } else {
+        if (mine_first) *mine = *ferry_conn_stats(conn);
+        struct ferry_error e;
+        rc = ferry_conn_peer_counters(conn, peer, &e);
+        *peer_ok = rc == FERRY_OK;
+        if (rc == FERRY_ERR_UNSUPPORTED) rc = FERRY_OK;
+        else if (rc) ferry_fail(err, rc, "%s", e.msg);
+        if (!mine_first) *mine = *ferry_conn_stats(conn);
+    }
+    pthread_mutex_unlock(&b->c->lock);
+    return rc;
+}
+
+/* COUNT_REQS GET_ALIGNMENTs in a row, and what each cost on both sides;
+ * the counters are read outside the span (the server's answer to the
+ * first STATS is the one extra message in it). */
+static int count_small(struct bench *b, struct per_req *out, struct ferry_error *err) {
+    memset(out, 0, sizeof *out);
+    if (strcmp(ferry_client_transport(b->c, NULL, 0), "rdma") != 0) return FERRY_OK; /* verbs only */
+    struct ferry_conn_stats m0, m1, p0, p1;
+    bool ok0 = false, ok1 = false;
+    int n = b->o.iterations < COUNT_REQS ? b->o.iterations : COUNT_REQS, rc;
+    if ((rc = snapshot(b, &m0, &p0, &ok0, false, err))) return rc;
+    for (int i = 0; i < n; i++)
+        if ((rc = op_alignment(b, 0, err))) return rc;
+    if ((rc = snapshot(b, &m1, &p1, &ok1, true, err))) return rc;
+    out->n = n;
+    side_delta(&m0, &m1, n, &out->client);
+    if (ok0 && ok1) side_delta(&p0, &p1, n, &out->server);
+    return FERRY_OK;
 }
 
 /* ---- bandwidth --------------------------------------------------------------- */
@@ -326,7 +398,18 @@ static const struct bw_row *row_of(const struct bw_row *rows, int n, uint64_t si
     return NULL;
 }
 
-static void print_json(FILE *f, struct bench *b, const char *net_desc, const struct rtt rt[4],
+static void json_side(FILE *f, const char *name, const struct side_counts *s, bool comma) {
+    fprintf(f, "\"%s\":", name);
+    if (!s->ok) {
+        fprintf(f, "null%s", comma ? "," : "");
+        return;
+    }
+    fprintf(f, "{\"sends\":%.3f,\"recvs\":%.3f,\"writes\":%.3f,\"completions\":%.3f,\"cq_sleeps\":%.3f,"
+               "\"cq_wakeups\":%.3f,\"spin_us\":%.2f}%s",
+            s->sends, s->recvs, s->writes, s->completions, s->sleeps, s->wakeups, s->spin_us, comma ? "," : "");
+}
+
+static void print_json(FILE *f, struct bench *b, const char *net_desc, const struct rtt rt[4], const struct per_req *pr,
                        const struct bw_row *rows, int n_rows, const uint64_t *skipped, int n_skipped) {
     if (b->net_fd >= 0)
         fprintf(f, "{\"tool\":\"ferry bench rpc\",\"rpc\":\"%s\",\"net\":\"%s\",\"net_peer\":\"%s\",", b->o.rpc,
@@ -341,7 +424,16 @@ static void print_json(FILE *f, struct bench *b, const char *net_desc, const str
     json_rtt(f, "get_alignment", &rt[1], &rt[0], true);
     json_rtt(f, "tcp_pingpong_graph", &rt[2], NULL, true);
     json_rtt(f, "graph_get64", &rt[3], &rt[2], false);
-    fprintf(f, "},\"bandwidth\":[");
+    fprintf(f, "},\"per_request\":");
+    if (pr->n) {
+        fprintf(f, "{\"requests\":%d,", pr->n);
+        json_side(f, "client", &pr->client, true);
+        json_side(f, "server", &pr->server, false);
+        fprintf(f, "}");
+    } else {
+        fprintf(f, "null");
+    }
+    fprintf(f, ",\"bandwidth\":[");
     for (int i = 0; i < n_rows; i++) {
         const struct bw_row *r = &rows[i];
         fprintf(f, "%s{\"size\":%" PRIu64 ",", i ? "," : "", r->size);
@@ -389,7 +481,16 @@ static void table_rtt(FILE *f, const char *name, const struct rtt *r, const stru
             r->lat.p99_us, rat, cc, sc);
 }
 
-static void print_table(FILE *f, struct bench *b, const char *net_desc, const struct rtt rt[4],
+static void table_side(FILE *f, const char *name, const struct side_counts *s) {
+    if (!s->ok) {
+        fprintf(f, "  %-8s n/a (its counters need ferry's RDMA framing)\n", name);
+        return;
+    }
+    fprintf(f, "  %-8s %9.2f %7.2f %7.2f %12.2f %8.2f %9.2f %9.1f\n", name, s->sends, s->recvs, s->writes,
+            s->completions, s->sleeps, s->wakeups, s->spin_us);
+}
+
+static void print_table(FILE *f, struct bench *b, const char *net_desc, const struct rtt rt[4], const struct per_req *pr,
                         const struct bw_row *rows, int n_rows, const uint64_t *skipped, int n_skipped) {
     if (b->net_fd >= 0)
         fprintf(f, "ferry bench rpc: server %s (%s), bare TCP peer %s (%s)\n\n", b->o.rpc,
@@ -410,6 +511,13 @@ static void print_table(FILE *f, struct bench *b, const char *net_desc, const st
     snprintf(name, sizeof name, "bare TCP ping-pong %u/%u B", rt[2].req, rt[2].rsp);
     table_rtt(f, name, &rt[2], NULL);
     table_rtt(f, "GRAPH_RECOMPUTE + GET_TENSOR 64 B", &rt[3], &rt[2]);
+    if (pr->n) {
+        fprintf(f, "\nper GET_ALIGNMENT (%d in a row)  SENDs   recvs  WRITEs  completions   sleeps  wake-ups  spin us\n",
+                pr->n);
+        fprintf(f, "  (posted: SENDs, receives, WRITEs; sleeps and wake-ups on the completion channel)\n");
+        table_side(f, "client", &pr->client);
+        table_side(f, "server", &pr->server);
+    }
     if (n_rows) {
         fprintf(f, "\nbandwidth (GB/s)  TCP sink  SET_TENSOR  ratio  TCP source  GET_TENSOR  ratio"
                    "   cpu/op us: SET client/server  GET client/server\n");
@@ -528,7 +636,9 @@ int ferry_bench_rpc_main(int argc, char **argv, FILE *out) {
     int n_sizes = 0, n_skipped = 0, n_rows = 0, rc = FERRY_OK;
     struct bw_row rows[BENCH_N_SIZES];
     struct rtt rt[4];
+    struct per_req pr;
     memset(rt, 0, sizeof rt);
+    memset(&pr, 0, sizeof pr);
     memset(rows, 0, sizeof rows);
     if (bare && !b.o.net) {
         snprintf(net_host, sizeof net_host, "%s", "127.0.0.1");
@@ -551,6 +661,7 @@ int ferry_bench_rpc_main(int argc, char **argv, FILE *out) {
 
     progress(&b, "%s", "GET_ALIGNMENT round trips, interleaved with bare TCP ping-pong 13/16 B");
     if ((rc = rtt_pair(&b, 13, 16, op_alignment, &rt[0], &rt[1], &err))) goto out;
+    if ((rc = count_small(&b, &pr, &err))) goto out;
     progress(&b, "%s", "GRAPH_RECOMPUTE + GET_TENSOR 64 B, interleaved with bare TCP ping-pong 334/72 B");
     if ((rc = rtt_pair(&b, GRAPH_REQ_BYTES, GRAPH_RSP_BYTES, op_graph, &rt[2], &rt[3], &err))) goto out;
 
@@ -566,8 +677,8 @@ int ferry_bench_rpc_main(int argc, char **argv, FILE *out) {
             goto out;
         n_rows++;
     }
-    if (b.o.json) print_json(out, &b, net_desc, rt, rows, n_rows, skipped, n_skipped);
-    else print_table(out, &b, net_desc, rt, rows, n_rows, skipped, n_skipped);
+    if (b.o.json) print_json(out, &b, net_desc, rt, &pr, rows, n_rows, skipped, n_skipped);
+    else print_table(out, &b, net_desc, rt, &pr, rows, n_rows, skipped, n_skipped);
     fflush(out);
 
 out:

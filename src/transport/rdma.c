@@ -60,6 +60,12 @@ int ferry_rdma_list_devices(char *out, size_t cap) {
     return 0;
 }
 
+int ferry_conn_peer_counters(struct ferry_conn *c, struct ferry_conn_stats *out, struct ferry_error *err) {
+    (void)c;
+    memset(out, 0, sizeof *out);
+    return ferry_fail(err, FERRY_ERR_UNSUPPORTED, "this build has no RDMA transport");
+}
+
 int ferry_rdma_wrap(struct ferry_conn *tcp, const struct ferry_rdma_options *o,
                     struct ferry_conn **out, struct ferry_error *err) {
     if (o->mode == FERRY_TRANSPORT_RDMA) {
@@ -575,9 +581,9 @@ static int to_rts(struct rdma_conn *r, enum rdma_state state, struct ferry_error
                           IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_SQ_PSN |
                               IBV_QP_MAX_QP_RD_ATOMIC);
     if (e) return ferry_fail(err, FERRY_ERR_IO, "%s: queue pair to RTS: %s", r->base.name, strerror(e));
-    r->spin_us = DEFAULT_SPIN_US;
+    r->spin_cap_us = DEFAULT_SPIN_CAP_US;
     const char *s = getenv("FERRY_RDMA_SPIN_US");
-    if (s && *s) r->spin_us = atoi(s) < 0 ? 0 : atoi(s);
+    if (s && *s) r->spin_cap_us = atoi(s) < 0 ? 0 : atoi(s);
     r->send_chunk = RDMA_CHUNK;
     r->state = state;
     keepalive(r->base.fd);
@@ -710,10 +716,9 @@ static int rdma_peer_caps(struct ferry_conn *c, const uint8_t *in, size_t len, s
 /* ---- the ferry negotiation (over TCP, after HELLO) ------------------------------------- *
  * 96 bytes each way: "FRDM", version 1, status (0 switch, 1 refuse), pad,
  * u32 path MTU in bytes, u32 receive ring depth, u32 receive buffer size,
- * u32 features (bit 0: RDMA WRITE), 72 bytes reason (NUL-terminated). */
+ * u32 features (REC_FEAT_*), 72 bytes reason (NUL-terminated). */
 #define REC_SIZE 96
 #define REC_VERSION 1
-#define REC_FEAT_WRITE 1u
 #define REC_TIMEOUT_MS 5000
 
 struct record {
@@ -783,10 +788,12 @@ static int rec_recv(struct rdma_conn *r, struct record *m, struct ferry_error *e
     return rec_decode(r, b, m, err);
 }
 
-/* Ours: what this side receives into, and what it proposes. */
-static struct record rec_ours(enum ibv_mtu mtu) {
+/* Ours: what this side receives into, and what it proposes. A STATS
+ * answer goes inline, so only a queue pair that can send it offers it. */
+static struct record rec_ours(const struct rdma_conn *r, enum ibv_mtu mtu) {
     struct record m = { .status = 0, .mtu = (uint32_t)rdma_mtu_bytes(mtu), .depth = RX_DEPTH,
-                        .rx_size = RDMA_CHUNK, .features = REC_FEAT_WRITE };
+                        .rx_size = RDMA_CHUNK, .features = REC_FEAT_WRITE | REC_FEAT_SOLICITED };
+    if (r->max_inline >= STATS_BYTES) m.features |= REC_FEAT_STATS;
     return m;
 }
 
@@ -796,6 +803,7 @@ static void enter_ferry(struct rdma_conn *r, const struct record *peer) {
     r->tx_credits = peer->depth;
     r->rx_unreturned = 0;
     r->send_chunk = peer->rx_size < RDMA_CHUNK ? peer->rx_size : RDMA_CHUNK;
+    r->features = peer->features & rec_ours(r, r->mtu).features; /* what both sides have */
     r->write_min = (peer->features & REC_FEAT_WRITE) ? DEFAULT_WRITE_MIN : UINT64_MAX;
     const char *w = getenv("FERRY_RDMA_WRITE_MIN");
     if (w && *w && (peer->features & REC_FEAT_WRITE)) r->write_min = strtoull(w, NULL, 0) ? strtoull(w, NULL, 0) : 1;
@@ -829,7 +837,7 @@ int rdma_server_record(struct rdma_conn *r, struct ferry_error *err) {
     }
     enum ibv_mtu want = IBV_MTU_256;
     mtu_from_bytes(peer.mtu, &want);
-    struct record ours = rec_ours(want < r->mtu ? want : r->mtu);
+    struct record ours = rec_ours(r, want < r->mtu ? want : r->mtu);
     if (want < r->mtu) {
         struct ferry_error e;
         if (requalify(r, want, &e) || to_rts(r, ST_PENDING, &e)) {
@@ -858,7 +866,7 @@ int rdma_server_record(struct rdma_conn *r, struct ferry_error *err) {
 static int client_negotiate(struct rdma_conn *r, struct ferry_error *err) {
     enum ibv_mtu mtu = choose_mtu(r);
     struct ferry_error e;
-    struct record ours = rec_ours(mtu);
+    struct record ours = rec_ours(r, mtu);
     if (to_rtr(r, mtu, &e)) {
         ours.status = 1;
         set_reason(&ours, e.msg);
@@ -941,6 +949,14 @@ static const struct ferry_conn_ops rdma_ops = {
     .close = rdma_close,
     .describe = rdma_describe,
 };
+
+int ferry_conn_peer_counters(struct ferry_conn *c, struct ferry_conn_stats *out, struct ferry_error *err) {
+    memset(out, 0, sizeof *out);
+    struct rdma_conn *r = (struct rdma_conn *)c;
+    if (c->ops != &rdma_ops || r->state != ST_FERRY || !(r->features & REC_FEAT_STATS))
+        return ferry_fail(err, FERRY_ERR_UNSUPPORTED, "%s: the peer's counters need ferry's RDMA framing", c->name);
+    return rdma_query_stats(r, out, ferry_transport_deadline_after(5000), err);
+}
 
 int ferry_rdma_wrap(struct ferry_conn *tcp, const struct ferry_rdma_options *o, struct ferry_conn **out,
                     struct ferry_error *err) {

@@ -18,6 +18,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -186,6 +187,20 @@ static void rxq_pop(struct rdma_conn *r) {
     r->rx_pos = 0;
 }
 
+/* ---- counters (STATS) ------------------------------------------------------------ */
+
+/* The counters a STATS answer carries, in this order. */
+static uint64_t *stats_field(struct ferry_conn_stats *s, unsigned i) {
+    uint64_t *f[STATS_FIELDS] = { &s->sends_posted, &s->recvs_posted, &s->writes_posted, &s->completions,
+                                  &s->cq_sleeps,    &s->cq_wakeups,   &s->credit_msgs,   &s->spin_us };
+    return f[i];
+}
+
+static void stats_decode(struct ferry_conn_stats *s, const uint8_t *p, uint32_t count) {
+    memset(s, 0, sizeof *s);
+    for (unsigned i = 0; i < count && i < STATS_FIELDS; i++) *stats_field(s, i) = ferry_get_le64(p + 8 * i);
+}
+
 /* One receive completion. In ggml mode it is stream bytes; in ferry mode
  * its immediate says what it is, and everything but stream bytes is taken
  * here so its buffer goes straight back to the ring. */
@@ -254,6 +269,17 @@ static int on_recv(struct rdma_conn *r, const struct ibv_wc *wc, struct ferry_er
             return broken(r, FERRY_ERR_PROTOCOL, err, "sink written without being offered");
         marker = r->sink.len;
         break;
+    case K_STATS:
+        if (write || !(r->features & REC_FEAT_STATS)) return broken(r, FERRY_ERR_PROTOCOL, err, "malformed STATS");
+        if (len == 0) { /* a question: answered as soon as a credit allows (answer_stats) */
+            r->stats_owed = true;
+            break;
+        }
+        if (!r->stats_waiting || len < 4 || ferry_get_le32(p) > 64 || len != 4 + 8 * ferry_get_le32(p))
+            return broken(r, FERRY_ERR_PROTOCOL, err, "STATS answer malformed or not asked for");
+        stats_decode(&r->peer_stats, p + 4, ferry_get_le32(p));
+        r->stats_waiting = false;
+        break;
     default: return broken(r, FERRY_ERR_PROTOCOL, err, "unknown message kind");
     }
     int rc = repost(r, slot, err);
@@ -284,6 +310,7 @@ static int reap(struct rdma_conn *r, struct ferry_error *err) {
                 if (slot < TX_SLOTS) r->tx_busy[slot] = false;
                 if (r->sq_inflight) r->sq_inflight--;
             } else {
+                r->rx_seen++;
                 int rc = on_recv(r, &wc[i], err);
                 if (rc) return rc;
             }
@@ -300,6 +327,10 @@ static uint32_t take_credits(struct rdma_conn *r) {
     return give;
 }
 
+static unsigned solicited(const struct rdma_conn *r) {
+    return (r->features & REC_FEAT_SOLICITED) ? IBV_SEND_SOLICITED : 0;
+}
+
 /* Returns the buffers re-posted so far in a message of their own, when
  * enough have piled up and nothing else is going the peer's way. Uses the
  * credit kept back for this, never waits. */
@@ -309,7 +340,7 @@ static int return_credits(struct rdma_conn *r, struct ferry_error *err) {
         return FERRY_OK;
     uint32_t give = take_credits(r); /* a failed post breaks the connection: nothing to undo */
     struct ibv_send_wr wr = { .wr_id = SEND_TAG | NO_SLOT, .num_sge = 0, .opcode = IBV_WR_SEND_WITH_IMM,
-                              .send_flags = IBV_SEND_SIGNALED, .imm_data = htonl(IMM(K_CREDIT, give)) },
+                              .send_flags = IBV_SEND_SIGNALED | solicited(r), .imm_data = htonl(IMM(K_CREDIT, give)) },
                        *bad = NULL;
     int e = ibv_post_send(r->qp, &wr, &bad);
     if (e) return broken(r, FERRY_ERR_IO, err, "posting a credit message failed");
@@ -333,30 +364,96 @@ static int check_liveness(struct rdma_conn *r, struct ferry_error *err) {
     return ferry_fail(err, FERRY_ERR_CLOSED, "%s: connection lost: %s", r->base.name, strerror(errno));
 }
 
-static int reaped(struct rdma_conn *r, int n, struct ferry_error *err) {
-    if (n < 0) return n;
-    return return_credits(r, err);
+static int post_wr(struct rdma_conn *r, struct ibv_send_wr *wr, struct ferry_error *err);
+
+/* The peer asked for our counters: answer inline, when a credit (beyond
+ * the one kept back) and a send-queue entry are free; else later. Never
+ * waits, so it may run inside any wait. */
+static int answer_stats(struct rdma_conn *r, struct ferry_error *err) {
+    if (!r->stats_owed || r->tx_credits < 2 || r->sq_inflight >= SQ_DEPTH) return FERRY_OK;
+    uint8_t m[STATS_BYTES];
+    ferry_put_le32(m, STATS_FIELDS);
+    for (unsigned i = 0; i < STATS_FIELDS; i++) ferry_put_le64(m + 4 + 8 * i, *stats_field(&r->base.stats, i));
+    struct ibv_sge sge = { (uintptr_t)m, sizeof m, 0 };
+    struct ibv_send_wr wr = { .wr_id = SEND_TAG | NO_SLOT, .sg_list = &sge, .num_sge = 1,
+                              .opcode = IBV_WR_SEND_WITH_IMM, .send_flags = IBV_SEND_INLINE };
+    wr.imm_data = htonl(IMM(K_STATS, take_credits(r)));
+    r->stats_owed = false;
+    return post_wr(r, &wr, err);
 }
 
-/* Waits until at least one completion was reaped: spins briefly, then arms
+static int reaped(struct rdma_conn *r, struct ferry_error *err) {
+    int rc = answer_stats(r, err);
+    return rc ? rc : return_credits(r, err);
+}
+
+/* How long a wait for the peer's next message spins before it sleeps:
+ * twice the typical wait after the same kind of message (plus a floor),
+ * at most the cap; nothing beyond the floor when the typical wait is
+ * longer than the cap (spinning would not catch it). docs/rdma-waiting.md
+ * says why. */
+static int64_t spin_budget(const struct rdma_conn *r) {
+    int64_t cap = r->spin_cap_us, est = r->wait_est[r->wait_key];
+    if (cap <= 0) return 0;
+    if (est > cap) return SPIN_FLOOR_US < cap ? SPIN_FLOOR_US : cap;
+    int64_t b = 2 * est + SPIN_FLOOR_US;
+    return b < cap ? b : cap;
+}
+
+/* A wait of w us for the peer's next message ended: waits up to twice the
+ * cap move the estimate (up fast, down slowly), so a wait made long by
+ * both sides sleeping is still seen as traffic worth spinning for; a
+ * longer one means the peer was idle and halves it, so an idle connection
+ * stops spinning. */
+static void learn_wait(struct rdma_conn *r, int64_t w) {
+    uint32_t *e = &r->wait_est[r->wait_key];
+    if (w > 2 * (int64_t)r->spin_cap_us) *e /= 2;
+    else if (w > *e) *e = (uint32_t)((*e + w + 1) / 2);
+    else *e = (uint32_t)((3 * (int64_t)*e + w) / 4);
+}
+
+/* Waits until at least one completion was reaped (want_recv: a receive):
+ * spins for the budget above (send completions: SPIN_FLOOR_US), then arms
  * the CQ, polls once more and sleeps on the completion channel and the
- * liveness socket, until the deadline (-1: none). A server still waiting
- * to learn the client's framing also takes the client's record here. */
-int rdma_progress(struct rdma_conn *r, int64_t deadline, struct ferry_error *err) {
+ * liveness socket, until the deadline (-1: none). A peer that sets the
+ * solicited bit on its messages lets a wait for a receive sleep through
+ * send completions. A server still waiting to learn the client's framing
+ * also takes the client's record here. */
+int rdma_progress(struct rdma_conn *r, bool want_recv, int64_t deadline, struct ferry_error *err) {
+    uint64_t rx0 = r->rx_seen;
+#define DONE(n) ((n) > 0 && (!want_recv || r->rx_seen != rx0))
     int n = reap(r, err);
-    if (n != 0) return reaped(r, n, err);
-    int64_t spin_end = now_us() + r->spin_us;
-    do {
+    if (n < 0) return n;
+    if (DONE(n)) return reaped(r, err);
+    int64_t t0 = now_us(), t = t0;
+    int64_t spin_end = t0 + (want_recv ? spin_budget(r) : (r->spin_cap_us > 0 ? SPIN_FLOOR_US : 0));
+    while (t < spin_end) {
         for (int i = 0; i < 64; i++) {
             n = reap(r, err);
-            if (n != 0) return reaped(r, n, err);
+            if (n < 0) return n;
+            if (DONE(n)) break;
         }
-    } while (now_us() < spin_end);
+        /* on a busy host the peer, or the kernel thread that moves our
+         * packets (Soft-RoCE), may need this core: let them have it */
+        if (!DONE(n)) sched_yield();
+        t = now_us();
+        if (DONE(n)) {
+            r->base.stats.spin_us += (uint64_t)(t - t0);
+            if (want_recv) learn_wait(r, t - t0);
+            return reaped(r, err);
+        }
+    }
+    r->base.stats.spin_us += (uint64_t)(t - t0);
+    bool sol = want_recv && (r->features & REC_FEAT_SOLICITED);
     for (;;) {
-        int e = ibv_req_notify_cq(r->cq, 0);
+        int e = ibv_req_notify_cq(r->cq, sol);
         if (e) return ferry_fail(err, FERRY_ERR_IO, "%s: ibv_req_notify_cq: %s", r->base.name, strerror(e));
         n = reap(r, err);
-        if (n != 0) return reaped(r, n, err);
+        if (n < 0) return n;
+        if (DONE(n)) {
+            if (want_recv) learn_wait(r, now_us() - t0);
+            return reaped(r, err);
+        }
         int timeout = -1;
         if (deadline >= 0) {
             int64_t left = deadline - ferry_transport_now_ms();
@@ -386,25 +483,32 @@ int rdma_progress(struct rdma_conn *r, int64_t deadline, struct ferry_error *err
         if (p[0].revents & POLLIN) {
             struct ibv_cq *cq;
             void *ctx;
-            if (ibv_get_cq_event(r->ch, &cq, &ctx) == 0 && ++r->unacked_events >= 64) {
-                ibv_ack_cq_events(r->cq, r->unacked_events);
-                r->unacked_events = 0;
+            if (ibv_get_cq_event(r->ch, &cq, &ctx) == 0) {
+                r->base.stats.cq_wakeups++;
+                if (++r->unacked_events >= 64) {
+                    ibv_ack_cq_events(r->cq, r->unacked_events);
+                    r->unacked_events = 0;
+                }
             }
         }
     }
+#undef DONE
 }
 
 /* At close: lets queued sends leave, briefly. */
 void rdma_drain(struct rdma_conn *r) {
     struct ferry_error e;
     int64_t deadline = ferry_transport_now_ms() + DRAIN_MS;
-    while (r->sq_inflight > 0 && rdma_progress(r, deadline, &e) == FERRY_OK) {}
+    while (r->sq_inflight > 0 && rdma_progress(r, false, deadline, &e) == FERRY_OK) {}
 }
 
 /* ---- sending -------------------------------------------------------------------------- */
 
 static int post_wr(struct rdma_conn *r, struct ibv_send_wr *wr, struct ferry_error *err) {
     wr->send_flags |= IBV_SEND_SIGNALED;
+    if ((r->features & REC_FEAT_SOLICITED) &&
+        (wr->opcode == IBV_WR_SEND_WITH_IMM || wr->opcode == IBV_WR_RDMA_WRITE_WITH_IMM))
+        wr->send_flags |= IBV_SEND_SOLICITED; /* wakes a peer that sleeps for messages only */
     struct ibv_send_wr *bad = NULL;
     int e = ibv_post_send(r->qp, wr, &bad);
     if (e) return broken(r, FERRY_ERR_IO, err, strerror(e));
@@ -428,7 +532,7 @@ static int wait_room(struct rdma_conn *r, uint32_t credits, int64_t deadline, st
             r->base.stats.credit_waits++;
             counted = true;
         }
-        int rc = rdma_progress(r, deadline, err);
+        int rc = rdma_progress(r, r->sq_inflight < SQ_DEPTH, deadline, err); /* credits come with receives */
         if (rc) return rc;
     }
     return FERRY_OK;
@@ -446,7 +550,7 @@ static int post_bytes(struct rdma_conn *r, const struct iovec *v, int n, size_t 
     if (!inl) { /* a send buffer first: waiting for one may not eat into credits */
         slot = r->tx_next;
         while (r->tx_busy[slot])
-            if ((rc = rdma_progress(r, deadline, err))) return rc;
+            if ((rc = rdma_progress(r, false, deadline, err))) return rc;
     }
     if ((rc = wait_room(r, ferry ? (kind == K_CREDIT ? 1 : 2) : 0, deadline, err))) return rc;
     struct ibv_sge sge[MAX_SGE];
@@ -537,7 +641,7 @@ static int write_range(struct rdma_conn *r, const uint8_t *src, uint64_t len, ui
  * the send queue to empty before handing the memory back. */
 static int wait_sent(struct rdma_conn *r, int64_t deadline, struct ferry_error *err) {
     while (r->sq_inflight > 0) {
-        int rc = rdma_progress(r, deadline, err);
+        int rc = rdma_progress(r, false, deadline, err);
         if (rc) return rc;
     }
     return FERRY_OK;
@@ -565,7 +669,7 @@ static int send_by_write(struct rdma_conn *r, const uint8_t *p, size_t n, int64_
         r->rts_outstanding = true;
         r->cts.valid = false;
         if ((rc = send_ctrl(r, K_RTS, m, sizeof m, deadline, err))) break;
-        while (!r->cts.valid && rc == FERRY_OK) rc = rdma_progress(r, deadline, err);
+        while (!r->cts.valid && rc == FERRY_OK) rc = rdma_progress(r, true, deadline, err);
         if (rc) break;
         struct rdma_remote grant = r->cts;
         r->cts.valid = false;
@@ -649,6 +753,7 @@ int rdma_send(struct ferry_conn *c, const struct iovec *iov, int n, int hdr_part
         return rc;
     }
     if (r->state == ST_PENDING) r->state = ST_GGML; /* the server speaks first: the client cannot be ferry */
+    if (n > 0 && iov[0].iov_len > 0) r->wait_key = *(const uint8_t *)iov[0].iov_base; /* a client's command */
     int rc;
     if (r->state == ST_FERRY) {
         rc = ferry_send(r, iov, n, hdr_parts, deadline, err);
@@ -661,6 +766,15 @@ int rdma_send(struct ferry_conn *c, const struct iovec *iov, int n, int hdr_part
     if (rc == FERRY_ERR_TIMEOUT)
         return ferry_fail(err, rc, "%s: send not complete within %d ms (peer not receiving)", c->name,
                           c->timeouts.frame_ms);
+    return rc;
+}
+
+int rdma_query_stats(struct rdma_conn *r, struct ferry_conn_stats *out, int64_t deadline, struct ferry_error *err) {
+    r->stats_waiting = true;
+    int rc = send_ctrl(r, K_STATS, NULL, 0, deadline, err);
+    while (rc == FERRY_OK && r->stats_waiting) rc = rdma_progress(r, true, deadline, err);
+    r->stats_waiting = false;
+    if (rc == FERRY_OK) *out = r->peer_stats;
     return rc;
 }
 
@@ -683,7 +797,7 @@ static int accept_write(struct rdma_conn *r, void *buf, size_t len, size_t *plac
     *placed = 0;
     if (rc || g == NULL) return rc;
     while (!r->wdone)
-        if ((rc = rdma_progress(r, deadline, err))) return rc;
+        if ((rc = rdma_progress(r, true, deadline, err))) return rc;
     r->wdone = false;
     *placed = m;
     return FERRY_OK;
@@ -706,7 +820,7 @@ int rdma_recv_some(struct ferry_conn *c, void *buf, size_t len, size_t *got, int
         }
         if (r->rx_count == 0) {
             if (done) break;
-            if ((rc = rdma_progress(r, deadline, err))) return rc;
+            if ((rc = rdma_progress(r, true, deadline, err))) return rc;
             continue;
         }
         struct rx_entry *e = &r->rxq[r->rx_head];

@@ -23,7 +23,9 @@
 #define RXQ_CAP (2 * RX_DEPTH) /* received messages and markers not yet read */
 #define SEND_TAG (1ull << 32)  /* wr_id of a send-queue WR: SEND_TAG | slot (or NO_SLOT) */
 #define NO_SLOT 0xffffu
-#define DEFAULT_SPIN_US 50
+#define SPIN_FLOOR_US 20       /* the least a wait spins before it sleeps */
+#define DEFAULT_SPIN_CAP_US 10000 /* the most ($FERRY_RDMA_SPIN_US): see docs/rdma-waiting.md */
+#define WAIT_KEYS 256          /* spin estimates, by the first byte of the last message sent */
 #define DRAIN_MS 1000             /* at close: how long queued SENDs may take to leave */
 #define DEFAULT_WRITE_MIN (1u << 20) /* payloads from here on move by RDMA WRITE (ferry mode) */
 #define MAX_WRITE (1u << 30)      /* one WRITE work request at most */
@@ -46,7 +48,10 @@ enum rdma_kind {
     K_SINK = 4,     /* u64 addr, u64 len, u32 rkey: put the next reply's payload here */
     K_WDONE = 5,    /* WRITE_WITH_IMM: the granted CTS range is written */
     K_SINKDONE = 6, /* WRITE_WITH_IMM: the payload is in the sink */
+    K_STATS = 7,    /* empty: send me your counters; else u32 count, count x u64 */
 };
+#define STATS_FIELDS 8 /* counters a STATS answer carries (rdma_data.c: stats_field) */
+#define STATS_BYTES (4 + 8 * STATS_FIELDS)
 #define IMM(kind, credits) (((uint32_t)(kind) << 28) | (credits))
 #define IMM_KIND(imm) ((imm) >> 28)
 #define IMM_CREDITS(imm) ((imm)&0xffffu)
@@ -117,7 +122,14 @@ struct rdma_conn {
     bool tx_busy[TX_SLOTS];
     unsigned tx_next;
     unsigned sq_inflight;
-    int spin_us;
+
+    /* waiting (docs/rdma-waiting.md): the most a wait spins, and per key
+     * (the first byte of the last message sent: a client's command) the
+     * typical wait for the peer's next message, in microseconds */
+    int spin_cap_us;
+    uint8_t wait_key;
+    uint32_t wait_est[WAIT_KEYS];
+    uint64_t rx_seen; /* receive completions taken, ever */
 
     /* ferry mode */
     uint32_t tx_credits;    /* SENDs (and WRITEs with immediate) the peer can take */
@@ -125,6 +137,10 @@ struct rdma_conn {
     uint32_t send_chunk;    /* largest SEND: min(ours, the peer's receive buffer) */
     uint32_t rx_unreturned; /* buffers re-posted, not yet reported to the peer */
     uint64_t write_min;
+    uint32_t features;      /* both sides have these (REC_FEAT_*) */
+    bool stats_owed;        /* the peer asked for our counters: answer when credits allow */
+    bool stats_waiting;     /* we asked for the peer's counters */
+    struct ferry_conn_stats peer_stats; /* its last answer */
     bool rts_outstanding;   /* we offered bytes by WRITE, waiting for the CTS */
     struct rdma_remote cts;       /* the peer's answer to our RTS */
     struct rdma_remote peer_sink; /* where the peer wants our next payload */
@@ -142,6 +158,12 @@ struct rdma_conn {
     char info[400];
 };
 
+/* ferry framing features (record field "features") */
+#define REC_FEAT_WRITE 1u     /* accepts RDMA WRITE transfers */
+#define REC_FEAT_SOLICITED 2u /* sets the solicited-event bit on every message: its peer may sleep
+                                 for solicited completions only */
+#define REC_FEAT_STATS 4u     /* answers a STATS message with its counters */
+
 /* rdma.c */
 int rdma_mtu_bytes(enum ibv_mtu m);
 size_t rdma_pinned_add(long long delta); /* process-wide pinned bytes, after the change */
@@ -149,7 +171,9 @@ int rdma_check_memlock(size_t need, struct ferry_error *err);
 
 /* rdma_data.c */
 int rdma_post_recv(struct rdma_conn *r, unsigned slot, struct ferry_error *err);
-int rdma_progress(struct rdma_conn *r, int64_t deadline, struct ferry_error *err);
+/* Waits until a completion arrives (want_recv: a receive completion).
+ * See docs/rdma-waiting.md for how long it spins before it sleeps. */
+int rdma_progress(struct rdma_conn *r, bool want_recv, int64_t deadline, struct ferry_error *err);
 void rdma_drain(struct rdma_conn *r);
 int rdma_send(struct ferry_conn *c, const struct iovec *iov, int n, int hdr_parts, int64_t deadline,
               struct ferry_error *err);
@@ -159,6 +183,8 @@ int rdma_reg_mem(struct ferry_conn *c, void *ptr, size_t len, void **handle, str
 void rdma_unreg_mem(struct ferry_conn *c, void *handle);
 int rdma_offer_sink(struct ferry_conn *c, void *dst, size_t len, struct ferry_error *err);
 void rdma_release_regions(struct rdma_conn *r);
+/* Asks the peer for its counters (STATS) and waits for its answer. */
+int rdma_query_stats(struct rdma_conn *r, struct ferry_conn_stats *out, int64_t deadline, struct ferry_error *err);
 /* the server's half of the negotiation, when the client's record arrives
  * (rdma.c; called from the completion wait in rdma_data.c) */
 int rdma_server_record(struct rdma_conn *r, struct ferry_error *err);

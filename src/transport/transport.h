@@ -86,6 +86,8 @@ struct ferry_conn_stats {
     uint64_t reads_posted;  /* RDMA READ */
     uint64_t completions;   /* work completions polled from the CQ */
     uint64_t cq_sleeps;     /* sleeps on the completion channel */
+    uint64_t cq_wakeups;    /* completion events taken from the channel */
+    uint64_t spin_us;       /* time spent polling the CQ before a completion or a sleep */
     /* ferry-to-ferry RDMA only: credit-only messages sent, times a sender
      * waited for the peer's credits, memory registrations made on the data
      * path (a caller's range for one transfer) and bytes moved by RDMA WRITE
@@ -299,6 +301,11 @@ int ferry_conn_offer_upgrade(struct ferry_conn *tcp, const struct ferry_rdma_opt
 /* The transport's own counters for a closing connection's log line:
  * "; rdma: N sends, ..." for RDMA, empty for TCP. */
 void ferry_conn_describe_counters(const struct ferry_conn *c, char *out, size_t cap);
+/* The peer's transport counters, asked for over the connection (ferry's
+ * RDMA framing, both sides new enough: STATS message; the peer answers
+ * from its transport, whatever its thread does). FERRY_ERR_UNSUPPORTED,
+ * nothing sent, on any other connection. Same thread rules as a send. */
+int ferry_conn_peer_counters(struct ferry_conn *c, struct ferry_conn_stats *out, struct ferry_error *err);
 /* "tcp" or "rdma": what the data path uses now. */
 const char *ferry_conn_transport(const struct ferry_conn *c);
 /* A line for logs: transport, and for RDMA device, port, GID, MTU. */
