@@ -72,11 +72,11 @@ static void test_server_answers_from_disk(const char *path) {
     struct ferry_client *c = NULL;
     struct ferry_error err = { 0 };
     struct ferry_gguf *g = NULL;
+    struct ferry_remote_buffer buf; /* registered with the client until it closes */
     if (CHECK(ferry_client_connect(ts.endpoint, NULL, &c, &err) == FERRY_OK, "connect: %s", err.msg) &&
         CHECK(ferry_gguf_open(path, &g, &err) == FERRY_OK, "open: %s", err.msg)) {
         uint64_t total = 0;
         for (int64_t i = 0; i < ferry_gguf_n_tensors(g); i++) total += ferry_gguf_tensor(g, i)->size + 64;
-        struct ferry_remote_buffer buf;
         CHECK(ferry_client_alloc_buffer(c, 0, total + 4096, &buf, &err) == FERRY_OK, "alloc: %s", err.msg);
         int hits = 0, exact = 0, n = (int)ferry_gguf_n_tensors(g);
         uint64_t off = 0;

@@ -1048,7 +1048,7 @@ static bool peer_call(int fd, uint8_t cmd, const void *req, size_t n, void *rsp,
     uint8_t frame[64];
     frame[0] = cmd;
     ferry_put_le64(frame + 1, n);
-    memcpy(frame + 9, req, n);
+    if (n) memcpy(frame + 9, req, n);
     if (send(fd, frame, 9 + n, MSG_NOSIGNAL) != (ssize_t)(9 + n)) return false;
     uint8_t len[8];
     return read_full(fd, len, 8) && ferry_get_le64(len) == rsp_n && read_full(fd, rsp, rsp_n);
