@@ -763,15 +763,15 @@ static void test_gemm_tiles(void) {
         { "q8_0 avx2", FERRY_TYPE_Q8_0, ferry_gemm_q8_0_avx2, 2, 4, ferry_vec_dot_q8_0_avx2, FERRY_SIMD_AVX2, false },
         { "iq4_nl avx2", FERRY_TYPE_IQ4_NL, ferry_gemm_iq4_nl_avx2, 2, 4, ferry_vec_dot_iq4_nl_avx2, FERRY_SIMD_AVX2, false },
         { "mxfp4 avx2", FERRY_TYPE_MXFP4, ferry_gemm_mxfp4_avx2, 2, 4, ferry_vec_dot_mxfp4_avx2, FERRY_SIMD_AVX2, false },
-        { "q4_0 avx512", FERRY_TYPE_Q4_0, ferry_gemm_q4_0_avx512, 4, 4, ferry_vec_dot_q4_0_avx512, FERRY_SIMD_AVX512, false },
-        { "q8_0 avx512", FERRY_TYPE_Q8_0, ferry_gemm_q8_0_avx512, 4, 4, ferry_vec_dot_q8_0_avx512, FERRY_SIMD_AVX512, false },
-        { "q4_0 avx512 vnni", FERRY_TYPE_Q4_0, ferry_gemm_q4_0_avx512_vnni, 4, 4, ferry_vec_dot_q4_0_avx512_vnni,
+        { "q4_0 avx512", FERRY_TYPE_Q4_0, ferry_gemm_q4_0_avx512, 4, 6, ferry_vec_dot_q4_0_avx512, FERRY_SIMD_AVX512, false },
+        { "q8_0 avx512", FERRY_TYPE_Q8_0, ferry_gemm_q8_0_avx512, 4, 6, ferry_vec_dot_q8_0_avx512, FERRY_SIMD_AVX512, false },
+        { "q4_0 avx512 vnni", FERRY_TYPE_Q4_0, ferry_gemm_q4_0_avx512_vnni, 4, 6, ferry_vec_dot_q4_0_avx512_vnni,
           FERRY_SIMD_AVX512, true },
-        { "q8_0 avx512 vnni", FERRY_TYPE_Q8_0, ferry_gemm_q8_0_avx512_vnni, 4, 4, ferry_vec_dot_q8_0_avx512_vnni,
+        { "q8_0 avx512 vnni", FERRY_TYPE_Q8_0, ferry_gemm_q8_0_avx512_vnni, 4, 6, ferry_vec_dot_q8_0_avx512_vnni,
           FERRY_SIMD_AVX512, true },
     };
-    /* one block; a tail only; groups and a tail; two K chunks (16 groups each) and a tail */
-    const int64_t lens[] = { 32, 224, 256, 288, 4096 + 256 + 96, 8192 + 256 + 96 };
+    /* one block; a tail only; groups and a tail; K chunks (8 groups each), a part chunk and a tail */
+    const int64_t lens[] = { 32, 224, 256, 288, 2048 + 96, 4096 + 256 + 96 };
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
         if (k[i].level > best_level || (k[i].needs_vnni && !vnni)) continue;
         for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++)
@@ -785,7 +785,8 @@ static void test_gemm_tiles(void) {
             struct ferry_vec_dot vd;
             if (!ferry_gemm_get(weight_types[t], levels[l], &g)) continue;
             ferry_vec_dot_get(weight_types[t], levels[l], &vd);
-            CHECK(g.rows * g.cols <= 16, "%s tile too big", ferry_type_name(weight_types[t]));
+            CHECK(g.rows <= FERRY_GEMM_MAX_SIDE && g.cols <= FERRY_GEMM_MAX_SIDE && g.rows * g.cols <= FERRY_GEMM_MAX_TILE,
+                  "%s tile too big", ferry_type_name(weight_types[t]));
             CHECK(tile_matches_dot(weight_types[t], 288, g.tile, g.rows, g.cols, vd.dot, vd.from_f32),
                   "%s (%s): the picked tile differs from the picked dot product", ferry_type_name(weight_types[t]),
                   ferry_simd_level_name(levels[l]));

@@ -26,7 +26,7 @@ static bool tile_avx512(enum ferry_type t, struct ferry_gemm *out) {
     default: return false;
     }
     out->rows = 4;
-    out->cols = 4;
+    out->cols = 6;
     return true;
 }
 

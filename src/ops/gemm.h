@@ -20,6 +20,10 @@
 /* out[i * cols + j] = dot(x[i], y[j]) over n elements, for a rows x cols tile. */
 typedef void (*ferry_gemm_fn)(int64_t n, const void *const *x, const void *const *y, float *out);
 
+/* Bounds on every tile (gemm.c): rows and columns each, and elements. */
+#define FERRY_GEMM_MAX_SIDE 8
+#define FERRY_GEMM_MAX_TILE 32
+
 struct ferry_gemm {
     ferry_gemm_fn tile;
     int rows, cols;
@@ -35,7 +39,7 @@ void ferry_gemm_q8_0_avx2(int64_t n, const void *const *x, const void *const *y,
 void ferry_gemm_iq4_nl_avx2(int64_t n, const void *const *x, const void *const *y, float *out);
 void ferry_gemm_mxfp4_avx2(int64_t n, const void *const *x, const void *const *y, float *out);
 
-/* ---- AVX-512 tiles (vecdot_avx512.c, 4 x 4); the _vnni ones need AVX512_VNNI */
+/* ---- AVX-512 tiles (vecdot_avx512.c, 4 x 6); the _vnni ones need AVX512_VNNI */
 void ferry_gemm_q4_0_avx512(int64_t n, const void *const *x, const void *const *y, float *out);
 void ferry_gemm_q8_0_avx512(int64_t n, const void *const *x, const void *const *y, float *out);
 void ferry_gemm_q4_0_avx512_vnni(int64_t n, const void *const *x, const void *const *y, float *out);

@@ -22,9 +22,9 @@
 #error "include gemm_impl.h after vecdot_impl.h"
 #endif
 
-/* Groups of eight blocks per K chunk: 4 rows and 4 columns of Q8_0 are
- * 4 * 16 * 8 * (34 + 36) bytes, 35 KiB, within a 48 KiB L1. */
-#define GM_KC 16
+/* Groups of eight blocks per K chunk: 4 rows and 6 columns of Q8_0 are
+ * 8 * 8 * (4 * 34 + 6 * 40) bytes, 24 KiB, within a 32 KiB L1. */
+#define GM_KC 8
 #define GM_STEPS (8 / VD_BLOCKS)
 
 static inline __attribute__((always_inline)) void gm_q8_tile(enum vd_format f, bool vnni, int64_t n,

@@ -26,7 +26,6 @@
  * in L2 (64 rows of 4096 Q8_0 weights are 272 KiB) while every column tile
  * passes over it. A multiple of every tile's rows. */
 #define GEMM_ROW_BLOCK 64
-#define GEMM_MAX_TILE 16 /* elements of the largest tile (gemm.c) */
 
 /* P[1] op hint: "src0 is a normalised Hadamard matrix" (docs/ops.md B.14). */
 #define HINT_HADAMARD 1
@@ -221,18 +220,18 @@ static void mm_tiled(const struct mm_job *j, const char *a_base, int64_t r0, int
                      mm_col_fn col, const void *ctx) {
     const int rm = j->gemm.rows, rn = j->gemm.cols;
     const int64_t k = j->a->ne[0], nb01 = (int64_t)j->a->nb[1], nb0 = (int64_t)j->dst->nb[0];
-    float t[GEMM_MAX_TILE];
+    float t[FERRY_GEMM_MAX_TILE];
     for (int64_t rb = r0; rb < r1; rb += GEMM_ROW_BLOCK) {
         const int64_t re = rb + GEMM_ROW_BLOCK < r1 ? rb + GEMM_ROW_BLOCK : r1;
         for (int64_t c = c0; c < c1; c += rn) {
             const int cn = c1 - c < rn ? (int)(c1 - c) : rn;
-            const void *y[GEMM_MAX_TILE];
-            char *out[GEMM_MAX_TILE];
+            const void *y[FERRY_GEMM_MAX_SIDE];
+            char *out[FERRY_GEMM_MAX_SIDE];
             for (int q = 0; q < cn; q++) col(j, ctx, c + q, &y[q], &out[q]);
             int64_t r = rb;
             if (cn == rn)
                 for (; r + rm <= re; r += rm) {
-                    const void *x[GEMM_MAX_TILE];
+                    const void *x[FERRY_GEMM_MAX_SIDE];
                     for (int i = 0; i < rm; i++) x[i] = a_base + (r + i) * nb01;
                     j->gemm.tile(k, x, y, t);
                     for (int i = 0; i < rm; i++)

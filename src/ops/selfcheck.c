@@ -138,9 +138,9 @@ int ferry_vec_dot_check(enum ferry_type t, enum ferry_simd_level level, const st
     struct ferry_vec_dot own;
     if (ferry_gemm_get(t, level, &g) && ferry_vec_dot_get(t, level, &own)) {
         own.dot(n, &s, w, y);
-        const void *xs[16], *ys[16];
-        float tile[16];
-        for (int i = 0; i < 16; i++) {
+        const void *xs[FERRY_GEMM_MAX_SIDE], *ys[FERRY_GEMM_MAX_SIDE];
+        float tile[FERRY_GEMM_MAX_TILE];
+        for (int i = 0; i < FERRY_GEMM_MAX_SIDE; i++) {
             xs[i] = w;
             ys[i] = y;
         }

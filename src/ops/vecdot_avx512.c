@@ -141,10 +141,10 @@ VNNI __attribute__((flatten)) void ferry_vec_dot_q8_0_avx512_vnni(int64_t n, flo
     vd_q8_dot(VD_Q8_0, true, n, s, x, y);
 }
 
-/* ---- GEMM tiles (gemm_impl.h): 4 rows x 4 columns ------------------------------ */
+/* ---- GEMM tiles (gemm_impl.h): 4 rows x 6 columns, 24 registers accumulating ---- */
 
 #define GM_RM 4
-#define GM_RN 4
+#define GM_RN 6
 #include "gemm_impl.h"
 
 void ferry_gemm_q4_0_avx512(int64_t n, const void *const *x, const void *const *y, float *out) {
