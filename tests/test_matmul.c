@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "ferry/engine.h"
+#include "ops/gemm.h"
 #include "ops/simd.h"
 #include "ops/vecdot.h"
 #include "tensor/blocks.h"
@@ -429,6 +430,9 @@ static void test_mul_mat_id(void) {
     check_mul_mat_id_case(FERRY_TYPE_Q6_K, 512, 33, 16, 4, 1, 1); /* decode: one token */
     check_mul_mat_id_case(FERRY_TYPE_F16, 40, 7, 3, 3, 1, 2);
     check_mul_mat_id_case(FERRY_TYPE_Q5_1, 96, 5, 2, 2, 2, 7);
+    /* prefill: experts with enough slots for GEMM tiles */
+    check_mul_mat_id_case(FERRY_TYPE_Q4_0, 288, 13, 3, 2, 1, 16);
+    check_mul_mat_id_case(FERRY_TYPE_Q8_0, 288, 9, 2, 2, 2, 12);
 }
 
 /* ---- FLASH_ATTN_EXT ---------------------------------------------------------------------- */
@@ -706,6 +710,134 @@ static void test_simd_kernels(void) {
     free(x);
 }
 
+/* ---- GEMM tiles ---------------------------------------------------------------------------------
+ *
+ * A tile must give every element bit for bit as the dot product kernel of
+ * its type and level does (gemm.h): checked on the kernels directly, at
+ * lengths with a tail after the last group of eight blocks and across the
+ * tiles' K chunks, and through the engine, where edges and thread splits
+ * mix tiles with single dot products. */
+
+/* n elements per row: rows weight rows of type wt times cols prepared
+ * activation rows, through tile and through dot; true when all agree. */
+static bool tile_matches_dot(enum ferry_type wt, int64_t n, ferry_gemm_fn tile, int rows, int cols,
+                             ferry_vec_dot_fn dot, ferry_prepare_fn prepare) {
+    struct ferry_tensor *w = test_tensor_new(wt, n, rows, 1, 1);
+    fill(w, -1, 1);
+    const size_t ysize = ferry_vec_dot_row_size(wt, n);
+    uint8_t *ys = aligned_alloc(64, ysize * (size_t)cols);
+    float *x = malloc((size_t)n * 4), got[64], want[64];
+    const void *xp[8], *yp[8];
+    for (int j = 0; j < cols; j++) {
+        for (int64_t i = 0; i < n; i++) x[i] = test_rand_uniform(&seed, -2, 2);
+        prepare(x, ys + (size_t)j * ysize, n);
+        yp[j] = ys + (size_t)j * ysize;
+    }
+    for (int i = 0; i < rows; i++) xp[i] = (const char *)w->data + i * w->nb[1];
+    tile(n, xp, yp, got);
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++) dot(n, &want[i * cols + j], xp[i], yp[j]);
+    const bool same = memcmp(got, want, (size_t)(rows * cols) * sizeof(float)) == 0;
+    free(x);
+    free(ys);
+    test_tensor_free(w);
+    return same;
+}
+
+static void test_gemm_tiles(void) {
+    if (best_level < FERRY_SIMD_AVX2) {
+        printf("no AVX2: GEMM tiles skipped\n");
+        return;
+    }
+    const bool vnni = best_level >= FERRY_SIMD_AVX512 && __builtin_cpu_supports("avx512vnni");
+    struct {
+        const char *name;
+        enum ferry_type t;
+        ferry_gemm_fn tile;
+        int rows, cols;
+        ferry_vec_dot_fn dot;
+        enum ferry_simd_level level;
+        bool needs_vnni;
+    } k[] = {
+        { "q4_0 avx2", FERRY_TYPE_Q4_0, ferry_gemm_q4_0_avx2, 2, 4, ferry_vec_dot_q4_0_avx2, FERRY_SIMD_AVX2, false },
+        { "q8_0 avx2", FERRY_TYPE_Q8_0, ferry_gemm_q8_0_avx2, 2, 4, ferry_vec_dot_q8_0_avx2, FERRY_SIMD_AVX2, false },
+        { "iq4_nl avx2", FERRY_TYPE_IQ4_NL, ferry_gemm_iq4_nl_avx2, 2, 4, ferry_vec_dot_iq4_nl_avx2, FERRY_SIMD_AVX2, false },
+        { "mxfp4 avx2", FERRY_TYPE_MXFP4, ferry_gemm_mxfp4_avx2, 2, 4, ferry_vec_dot_mxfp4_avx2, FERRY_SIMD_AVX2, false },
+        { "q4_0 avx512", FERRY_TYPE_Q4_0, ferry_gemm_q4_0_avx512, 4, 6, ferry_vec_dot_q4_0_avx512, FERRY_SIMD_AVX512, false },
+        { "q8_0 avx512", FERRY_TYPE_Q8_0, ferry_gemm_q8_0_avx512, 4, 6, ferry_vec_dot_q8_0_avx512, FERRY_SIMD_AVX512, false },
+        { "q4_0 avx512 vnni", FERRY_TYPE_Q4_0, ferry_gemm_q4_0_avx512_vnni, 4, 6, ferry_vec_dot_q4_0_avx512_vnni,
+          FERRY_SIMD_AVX512, true },
+        { "q8_0 avx512 vnni", FERRY_TYPE_Q8_0, ferry_gemm_q8_0_avx512_vnni, 4, 6, ferry_vec_dot_q8_0_avx512_vnni,
+          FERRY_SIMD_AVX512, true },
+    };
+    /* one block; a tail only; groups and a tail; K chunks (8 groups each), a part chunk and a tail */
+    const int64_t lens[] = { 32, 224, 256, 288, 2048 + 96, 4096 + 256 + 96 };
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
+        if (k[i].level > best_level || (k[i].needs_vnni && !vnni)) continue;
+        for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++)
+            CHECK(tile_matches_dot(k[i].t, lens[l], k[i].tile, k[i].rows, k[i].cols, k[i].dot, ferry_prepare_q8_0),
+                  "%s tile differs from its dot product at n=%lld", k[i].name, (long long)lens[l]);
+    }
+    /* every type and level: the tile ferry_gemm_get picks matches the dot product it picks */
+    for (size_t t = 0; t < sizeof weight_types / sizeof weight_types[0]; t++)
+        for (size_t l = 0; l < 3 && levels[l] <= best_level; l++) {
+            struct ferry_gemm g;
+            struct ferry_vec_dot vd;
+            if (!ferry_gemm_get(weight_types[t], levels[l], &g)) continue;
+            ferry_vec_dot_get(weight_types[t], levels[l], &vd);
+            CHECK(g.rows <= FERRY_GEMM_MAX_SIDE && g.cols <= FERRY_GEMM_MAX_SIDE && g.rows * g.cols <= FERRY_GEMM_MAX_TILE,
+                  "%s tile too big", ferry_type_name(weight_types[t]));
+            CHECK(tile_matches_dot(weight_types[t], 288, g.tile, g.rows, g.cols, vd.dot, vd.from_f32),
+                  "%s (%s): the picked tile differs from the picked dot product", ferry_type_name(weight_types[t]),
+                  ferry_simd_level_name(levels[l]));
+        }
+}
+
+/* Through the engine: every element of A x B exactly the level's dot
+ * product of A's row and B's prepared row, at every thread count. */
+static void check_gemm_exact(enum ferry_type wt, int64_t k, int64_t m, int64_t n) {
+    struct ferry_tensor *a = test_tensor_new(wt, k, m, 1, 1), *b = test_tensor_new(FERRY_TYPE_F32, k, n, 1, 1);
+    struct ferry_tensor *d = test_tensor_new(FERRY_TYPE_F32, m, n, 1, 1);
+    fill(a, -1, 1);
+    fill(b, -1, 1);
+    struct ferry_tensor node = mul_mat_node(a, b, d);
+    float *want = malloc((size_t)(m * n) * 4);
+    void *y = aligned_alloc(64, ferry_vec_dot_row_size(wt, k));
+    for (size_t l = 0; l < 3 && levels[l] <= best_level; l++) {
+        ferry_simd_set_level(levels[l]);
+        struct ferry_vec_dot vd;
+        ferry_vec_dot_get(wt, levels[l], &vd);
+        for (int64_t c = 0; c < n; c++) {
+            vd.from_f32((const char *)b->data + c * b->nb[1], y, k);
+            for (int64_t r = 0; r < m; r++) vd.dot(k, &want[c * m + r], (const char *)a->data + r * a->nb[1], y);
+        }
+        for (int t = 0; t < 4; t++) {
+            struct ferry_error err = { 0 };
+            struct ferry_tensor *nodes[1] = { &node };
+            if (!CHECK(ferry_engine_compute(engines[t], nodes, 1, &err) == FERRY_OK, "gemm: %s", err.msg)) continue;
+            CHECK(memcmp(d->data, want, (size_t)(m * n) * 4) == 0,
+                  "mul_mat %s k%lld m%lld n%lld (%s, %d threads): not the dot products bit for bit", ferry_type_name(wt),
+                  (long long)k, (long long)m, (long long)n, ferry_simd_level_name(levels[l]), t + 1);
+        }
+    }
+    ferry_simd_set_level(best_level);
+    free(y);
+    free(want);
+    test_tensor_free(a);
+    test_tensor_free(b);
+    test_tensor_free(d);
+}
+
+static void test_gemm_path(void) {
+    const enum ferry_type types[] = { FERRY_TYPE_Q4_0, FERRY_TYPE_Q8_0, FERRY_TYPE_IQ4_NL, FERRY_TYPE_MXFP4 };
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        check_gemm_exact(types[i], 288, 37, 11);        /* row and column edges, a K tail */
+        check_gemm_exact(types[i], 8192 + 96, 9, 6);    /* K chunks */
+        check_gemm_exact(types[i], 64, 5, 40);          /* split along columns */
+        check_gemm_exact(types[i], 256, 130, 130);      /* row blocks */
+    }
+}
+
 /* ---- check() --------------------------------------------------------------------------------- */
 
 static int check_mm(enum ferry_type at, const int64_t ane[4], enum ferry_type bt, const int64_t bne[4],
@@ -840,6 +972,8 @@ int main(int argc, char **argv) {
     test_mul_mat_layouts();
     test_hadamard();
     test_mul_mat_id();
+    test_gemm_tiles();
+    test_gemm_path();
     test_flash_attn();
     test_simd_kernels();
     test_check_rejects();

@@ -7,17 +7,25 @@
  * shared scratch, each a slice of the rows, meet at a barrier, then split
  * the output. The split follows A's rows, so in matrix x vector (decode) the
  * threads stream disjoint halves (thirds, ...) of the weights. Each output
- * element is one vec_dot call, so results do not depend on the thread
- * count. */
+ * element is one vec_dot call, or an element of a GEMM tile (gemm.h) where
+ * the type has tiles and a block has enough columns; a tile gives exactly
+ * the vec_dot result, so results do not depend on the thread count or on
+ * where the tiles fall. */
 #include <math.h>
 #include <stdlib.h>
 
 #include "common.h"
+#include "gemm.h"
 #include "simd.h"
 #include "vecdot.h"
 
 /* Weight rows kept hot while every B' column passes over them. */
 #define ROW_TILE 16
+
+/* The GEMM path's rows per pass over the columns: a block of weights kept
+ * in L2 (64 rows of 4096 Q8_0 weights are 272 KiB) while every column tile
+ * passes over it. A multiple of every tile's rows. */
+#define GEMM_ROW_BLOCK 64
 
 /* P[1] op hint: "src0 is a normalised Hadamard matrix" (docs/ops.md B.14). */
 #define HINT_HADAMARD 1
@@ -198,8 +206,56 @@ struct mm_job {
     struct ferry_tensor *dst;
     struct b_rows br;
     ferry_vec_dot_fn dot;
-    int64_t r2, r3; /* batch broadcast ratios */
+    struct ferry_gemm gemm; /* .tile NULL: dot products only */
+    int64_t r2, r3;         /* batch broadcast ratios */
 };
+
+/* Where output column c of a block reads its B' row and writes its dst row. */
+typedef void (*mm_col_fn)(const struct mm_job *j, const void *ctx, int64_t c, const void **y, char **out);
+
+/* The GEMM path over weight rows [r0,r1) (at a_base) x columns [c0,c1):
+ * full tiles where they fit, dot products for the edges, which give the
+ * same numbers. */
+static void mm_tiled(const struct mm_job *j, const char *a_base, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                     mm_col_fn col, const void *ctx) {
+    const int rm = j->gemm.rows, rn = j->gemm.cols;
+    const int64_t k = j->a->ne[0], nb01 = (int64_t)j->a->nb[1], nb0 = (int64_t)j->dst->nb[0];
+    float t[FERRY_GEMM_MAX_TILE];
+    for (int64_t rb = r0; rb < r1; rb += GEMM_ROW_BLOCK) {
+        const int64_t re = rb + GEMM_ROW_BLOCK < r1 ? rb + GEMM_ROW_BLOCK : r1;
+        for (int64_t c = c0; c < c1; c += rn) {
+            const int cn = c1 - c < rn ? (int)(c1 - c) : rn;
+            const void *y[FERRY_GEMM_MAX_SIDE];
+            char *out[FERRY_GEMM_MAX_SIDE];
+            for (int q = 0; q < cn; q++) col(j, ctx, c + q, &y[q], &out[q]);
+            int64_t r = rb;
+            if (cn == rn)
+                for (; r + rm <= re; r += rm) {
+                    const void *x[FERRY_GEMM_MAX_SIDE];
+                    for (int i = 0; i < rm; i++) x[i] = a_base + (r + i) * nb01;
+                    j->gemm.tile(k, x, y, t);
+                    for (int i = 0; i < rm; i++)
+                        for (int q = 0; q < rn; q++) store_out(out[q] + (r + i) * nb0, t[i * rn + q]);
+                }
+            for (; r < re; r++)
+                for (int q = 0; q < cn; q++) {
+                    float v;
+                    j->dot(k, &v, a_base + r * nb01, y[q]);
+                    store_out(out[q] + r * nb0, v);
+                }
+        }
+    }
+}
+
+struct mm_batch {
+    int64_t i2, i3;
+};
+
+static void mm_col(const struct mm_job *j, const void *ctx, int64_t c, const void **y, char **out) {
+    const struct mm_batch *b = ctx;
+    *y = b_row(&j->br, c, b->i2, b->i3);
+    *out = tensor_row(j->dst, c, b->i2, b->i3);
+}
 
 /* dst rows [r0,r1) x columns [c0,c1) of batch (i2,i3), in tiles of weight
  * rows so a tile stays in cache while the columns pass over it. */
@@ -211,6 +267,11 @@ static void mm_block(const struct mm_job *j, int64_t i2, int64_t i3, int64_t r0,
     const int64_t k = a->ne[0], nb01 = (int64_t)a->nb[1], nb0 = (int64_t)j->dst->nb[0];
     const size_t row_bytes = ferry_row_size(a->type, k);
     const bool compact = row_bytes < (size_t)k;
+    if (j->gemm.tile && c1 - c0 >= j->gemm.cols) {
+        const struct mm_batch b = { i2, i3 };
+        mm_tiled(j, a_base, r0, r1, c0, c1, mm_col, &b);
+        return;
+    }
     for (int64_t rt = r0; rt < r1; rt += ROW_TILE) {
         const int64_t re = rt + ROW_TILE < r1 ? rt + ROW_TILE : r1;
         for (int64_t c = c0; c < c1; c++) {
@@ -227,15 +288,18 @@ static void mm_block(const struct mm_job *j, int64_t i2, int64_t i3, int64_t r0,
 }
 
 /* Splits the flat range [u0,u1) of units over (batch, index) pairs, where a
- * batch holds per_batch units, and runs each piece. */
-static void mm_units(const struct mm_job *j, int64_t u0, int64_t u1, int64_t per_batch, bool by_rows) {
+ * batch holds per_batch units of `grain` rows or columns (the last one
+ * maybe fewer, up to `size`), and runs each piece. */
+static void mm_units(const struct mm_job *j, int64_t u0, int64_t u1, int64_t per_batch, int64_t grain, int64_t size,
+                     bool by_rows) {
     const struct ferry_tensor *dst = j->dst;
     while (u0 < u1) {
         const int64_t batch = u0 / per_batch, first = u0 % per_batch;
         const int64_t last = u1 - batch * per_batch < per_batch ? u1 - batch * per_batch : per_batch;
         const int64_t i2 = batch % dst->ne[2], i3 = batch / dst->ne[2];
-        if (by_rows) mm_block(j, i2, i3, first, last, 0, dst->ne[1]);
-        else mm_block(j, i2, i3, 0, dst->ne[0], first, last);
+        const int64_t e0 = first * grain, e1 = last * grain < size ? last * grain : size;
+        if (by_rows) mm_block(j, i2, i3, e0, e1, 0, dst->ne[1]);
+        else mm_block(j, i2, i3, 0, dst->ne[0], e0, e1);
         u0 = batch * per_batch + last;
     }
 }
@@ -250,6 +314,7 @@ static void mul_mat_compute(const struct ferry_compute_params *p, struct ferry_t
     ferry_vec_dot_get(a->type, ferry_simd_level(), &vd); /* check() proved it exists */
     struct mm_job j = { .a = a, .dst = dst, .dot = vd.dot, .r2 = b->ne[2] / a->ne[2],
                         .r3 = b->ne[3] / a->ne[3] };
+    ferry_gemm_get(a->type, ferry_simd_level(), &j.gemm);
     j.br.b = b;
     const ferry_prepare_fn convert = b_converter(&vd, b);
     if (convert) {
@@ -261,10 +326,13 @@ static void mul_mat_compute(const struct ferry_compute_params *p, struct ferry_t
      * to rows, which covers matrix x vector. */
     const int64_t m = dst->ne[0], n = dst->ne[1], batches = dst->ne[2] * dst->ne[3];
     const bool by_rows = m >= n;
-    const int64_t per_batch = by_rows ? m : n;
+    const int64_t size = by_rows ? m : n;
+    /* with tiles, whole tiles go to each thread */
+    const int64_t grain = !j.gemm.tile || n < j.gemm.cols ? 1 : by_rows ? j.gemm.rows : j.gemm.cols;
+    const int64_t per_batch = (size + grain - 1) / grain;
     int64_t u0, u1;
     split_range(per_batch * batches, p->ith, p->nth, &u0, &u1);
-    mm_units(&j, u0, u1, per_batch, by_rows);
+    mm_units(&j, u0, u1, per_batch, grain, size, by_rows);
 }
 
 const struct ferry_kernel ferry_kernel_mul_mat = { mul_mat_check, mul_mat_work_size, mul_mat_compute };
@@ -347,6 +415,19 @@ static int64_t collect_pairs(const struct ferry_compute_params *p, const struct 
     return n;
 }
 
+struct id_cols {
+    const struct id_pair *pairs;
+    int64_t n_used;
+};
+
+/* Column g of an expert group: slot pairs[g]'s B' row and dst row. */
+static void id_col(const struct mm_job *j, const void *ctx, int64_t g, const void **y, char **out) {
+    const struct id_cols *ic = ctx;
+    const int64_t e = ic->pairs[g].slot % ic->n_used, t = ic->pairs[g].slot / ic->n_used;
+    *y = b_row(&j->br, e % j->br.b->ne[1], t, 0);
+    *out = tensor_row(j->dst, e, t, 0);
+}
+
 /* Rows [r0,r1) of expert group pairs[g0..g1) (all the same expert). */
 static void mm_id_block(const struct mm_job *j, const struct id_pair *pairs, int64_t g0, int64_t g1,
                         int64_t r0, int64_t r1, int64_t n_used) {
@@ -356,6 +437,11 @@ static void mm_id_block(const struct mm_job *j, const struct id_pair *pairs, int
     const int64_t n_b1 = j->br.b->ne[1];
     const size_t row_bytes = ferry_row_size(as->type, k);
     const bool compact = row_bytes < (size_t)k;
+    if (j->gemm.tile && g1 - g0 >= j->gemm.cols) {
+        const struct id_cols ic = { pairs, n_used };
+        mm_tiled(j, a_base, r0, r1, g0, g1, id_col, &ic);
+        return;
+    }
     for (int64_t rt = r0; rt < r1; rt += ROW_TILE) {
         const int64_t re = rt + ROW_TILE < r1 ? rt + ROW_TILE : r1;
         for (int64_t g = g0; g < g1; g++) {
@@ -377,6 +463,7 @@ static void mul_mat_id_compute(const struct ferry_compute_params *p, struct ferr
     struct ferry_vec_dot vd;
     ferry_vec_dot_get(as->type, ferry_simd_level(), &vd);
     struct mm_job j = { .a = as, .dst = dst, .dot = vd.dot, .r2 = 1, .r3 = 1 };
+    ferry_gemm_get(as->type, ferry_simd_level(), &j.gemm);
     j.br.b = b;
     struct id_pair *pairs = (struct id_pair *)((char *)p->wdata + converted_size(b, as->type));
     int64_t *n_pairs = (int64_t *)(pairs + ids->ne[0] * ids->ne[1]);

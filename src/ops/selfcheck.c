@@ -4,6 +4,9 @@
  * numbers (a miscompiled SIMD path, an optimiser that changed what a loop
  * means) refuses to run instead of serving them.
  *
+ * Where a type has a GEMM tile at the level (gemm.h), the tile must give
+ * that same dot product bit for bit in every element.
+ *
  * A row length is chosen per type so that every kernel runs both its
  * unrolled body and its tail (11 blocks of 32: an eight-block body and a
  * three-block tail). The whole check costs well under a millisecond. */
@@ -13,6 +16,7 @@
 #include <string.h>
 
 #include "ferry/types.h"
+#include "gemm.h"
 #include "vecdot.h"
 
 /* xorshift64*: a fixed sequence, so a failure is the same on every run. */
@@ -127,6 +131,26 @@ int ferry_vec_dot_check(enum ferry_type t, enum ferry_simd_level level, const st
         snprintf(why, why_size, "%s dot product at %s: %.9g, the portable kernel gives %.9g (n=%lld)",
                  ferry_type_name(t), ferry_simd_level_name(level), (double)s, (double)s_portable, (long long)n);
         goto out;
+    }
+    /* the level's GEMM tile, if any: every element exactly the level's own
+     * dot product (which vd may stand in for) */
+    struct ferry_gemm g;
+    struct ferry_vec_dot own;
+    if (ferry_gemm_get(t, level, &g) && ferry_vec_dot_get(t, level, &own)) {
+        own.dot(n, &s, w, y);
+        const void *xs[FERRY_GEMM_MAX_SIDE], *ys[FERRY_GEMM_MAX_SIDE];
+        float tile[FERRY_GEMM_MAX_TILE];
+        for (int i = 0; i < FERRY_GEMM_MAX_SIDE; i++) {
+            xs[i] = w;
+            ys[i] = y;
+        }
+        g.tile(n, xs, ys, tile);
+        for (int i = 0; i < g.rows * g.cols; i++)
+            if (memcmp(&tile[i], &s, sizeof s) != 0) {
+                snprintf(why, why_size, "%s GEMM tile at %s: element %d is %.9g, the dot product gives %.9g (n=%lld)",
+                         ferry_type_name(t), ferry_simd_level_name(level), i, (double)tile[i], (double)s, (long long)n);
+                goto out;
+            }
     }
     rc = 0;
 out:

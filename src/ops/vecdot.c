@@ -584,7 +584,7 @@ size_t ferry_vec_dot_row_size(enum ferry_type t, int64_t n) {
 }
 
 /* AVX-512 VNNI is a separate CPUID bit from the F/BW/VL/DQ the level means. */
-static bool cpu_has_vnni(void) {
+bool ferry_vec_dot_vnni(void) {
 #if defined(__x86_64__) || defined(__i386__)
     static int has = -1;
     if (has < 0) {
@@ -633,7 +633,7 @@ static ferry_vec_dot_fn avx2_dot(enum ferry_type t) {
 }
 
 static ferry_vec_dot_fn avx512_dot(enum ferry_type t) {
-    const bool vnni = cpu_has_vnni();
+    const bool vnni = ferry_vec_dot_vnni();
     switch (t) {
     case FERRY_TYPE_Q4_0: return vnni ? ferry_vec_dot_q4_0_avx512_vnni : ferry_vec_dot_q4_0_avx512;
     case FERRY_TYPE_Q8_0: return vnni ? ferry_vec_dot_q8_0_avx512_vnni : ferry_vec_dot_q8_0_avx512;

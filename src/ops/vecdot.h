@@ -55,6 +55,9 @@ int ferry_vec_dot_type(enum ferry_type t);
  * when t has no dot product. The prepared layouts do not depend on the level. */
 bool ferry_vec_dot_get(enum ferry_type t, enum ferry_simd_level level, struct ferry_vec_dot *out);
 
+/* Whether the AVX-512 kernels use VNNI (the CPU has AVX512_VNNI). */
+bool ferry_vec_dot_vnni(void);
+
 /* Bytes of one prepared activation row of n elements for weight type t
  * (a multiple of 64); SIZE_MAX on overflow. */
 size_t ferry_vec_dot_row_size(enum ferry_type t, int64_t n);

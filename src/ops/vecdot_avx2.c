@@ -17,6 +17,7 @@
 
 #include "tensor/blocks.h"
 #include "tensor/fp16.h"
+#include "gemm.h"
 #include "vecdot.h"
 
 /* ---- the width layer of vecdot_impl.h: 8 f32 lanes ---------------------------- */
@@ -30,6 +31,7 @@ typedef __m256i vd_int;
 #define vd_storeu _mm256_storeu_ps
 #define vd_broadcast _mm256_broadcast_ss
 #define vd_add _mm256_add_ps
+#define vd_mul _mm256_mul_ps
 #define vd_fmadd _mm256_fmadd_ps
 #define vd_hsum hsum8
 #define vd_cvt_i32 _mm256_cvtepi32_ps
@@ -50,6 +52,9 @@ static inline vd_scales vd_scales_of(__m256 sc) {
 }
 
 static inline __m256 vd_scale_step(const vd_scales *s, int j) { return _mm256_broadcast_ss(&s->v[j]); }
+
+/* Step j's scale from eight in memory (gemm_impl.h): vd_scale_step's lanes. */
+static inline __m256 vd_step_scale(const float *d8, int j) { return _mm256_broadcast_ss(d8 + j); }
 
 #include "vecdot_impl.h"
 
@@ -304,17 +309,23 @@ static inline __m256 vd_q8_scales8(enum vd_format f, const uint8_t *x) {
     return f == VD_MXFP4 ? e8m0_half8(x) : halves8(x, vd_block_bytes(f));
 }
 
-/* One block's products as 8 i32 lanes; Q4_0 and MXFP4 in their unsigned
- * (biased) forms. */
-static inline vd_int vd_q8_products(enum vd_format f, bool vnni, const uint8_t *x, const int8_t *y, vd_int table) {
+/* One block's weights as 32 bytes: Q4_0 and MXFP4 in their unsigned
+ * (biased) forms, the others signed. */
+static inline vd_int vd_q8_weights(enum vd_format f, bool vnni, const uint8_t *x, vd_int table) {
+    (void)vnni;
+    switch (f) {
+    case VD_Q4_0: return nibbles(x + 2);
+    case VD_Q8_0: return load32(x + 2);
+    case VD_IQ4_NL: return _mm256_shuffle_epi8(table, nibbles(x + 2));
+    default: return _mm256_shuffle_epi8(table, nibbles(x + 1));
+    }
+}
+
+/* Their products with 32 activation bytes, as 8 i32 lanes. */
+static inline vd_int vd_q8_mul(enum vd_format f, bool vnni, vd_int w, const int8_t *y) {
     (void)vnni;
     const __m256i yy = load32(y);
-    switch (f) {
-    case VD_Q4_0: return dot_unsigned(nibbles(x + 2), yy);
-    case VD_Q8_0: return dot_signed(load32(x + 2), yy);
-    case VD_IQ4_NL: return dot_signed(_mm256_shuffle_epi8(table, nibbles(x + 2)), yy);
-    default: return dot_unsigned(_mm256_shuffle_epi8(table, nibbles(x + 1)), yy);
-    }
+    return f == VD_Q4_0 || f == VD_MXFP4 ? dot_unsigned(w, yy) : dot_signed(w, yy);
 }
 
 /* The same products one block at a time, each block's bias taken out at once. */
@@ -448,4 +459,23 @@ void ferry_vec_dot_q6_K_avx2(int64_t n, float *s, const void *vx, const void *vy
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
     }
     *s = hsum8(acc);
+}
+
+/* ---- GEMM tiles (gemm_impl.h): 2 rows x 4 columns in 16 registers -------------- */
+
+#define GM_RM 2
+#define GM_RN 4
+#include "gemm_impl.h"
+
+void ferry_gemm_q4_0_avx2(int64_t n, const void *const *x, const void *const *y, float *out) {
+    gm_q8_tile(VD_Q4_0, false, n, x, y, out);
+}
+void ferry_gemm_q8_0_avx2(int64_t n, const void *const *x, const void *const *y, float *out) {
+    gm_q8_tile(VD_Q8_0, false, n, x, y, out);
+}
+void ferry_gemm_iq4_nl_avx2(int64_t n, const void *const *x, const void *const *y, float *out) {
+    gm_q8_tile(VD_IQ4_NL, false, n, x, y, out);
+}
+void ferry_gemm_mxfp4_avx2(int64_t n, const void *const *x, const void *const *y, float *out) {
+    gm_q8_tile(VD_MXFP4, false, n, x, y, out);
 }

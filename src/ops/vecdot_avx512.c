@@ -12,6 +12,7 @@
  * prepared block sums. The integer sums are exact either way. */
 #include <immintrin.h>
 
+#include "gemm.h"
 #include "vecdot.h"
 
 #define VNNI __attribute__((target("avx512vnni")))
@@ -27,6 +28,7 @@ typedef __m512i vd_int;
 #define vd_storeu _mm512_storeu_ps
 #define vd_broadcast(p) _mm512_set1_ps(*(p))
 #define vd_add _mm512_add_ps
+#define vd_mul _mm512_mul_ps
 #define vd_fmadd _mm512_fmadd_ps
 #define vd_hsum _mm512_reduce_add_ps
 #define vd_cvt_i32 _mm512_cvtepi32_ps
@@ -43,6 +45,12 @@ static inline vd_scales vd_scales_of(__m256 sc) { return _mm512_castps256_ps512(
 static inline __m512 vd_scale_step(const vd_scales *s, int j) {
     const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     return _mm512_permutexvar_ps(_mm512_add_epi32(idx, _mm512_set1_epi32(2 * j)), *s);
+}
+
+/* Step j's scales from eight in memory (gemm_impl.h): vd_scale_step's lanes. */
+static inline __m512 vd_step_scale(const float *d8, int j) {
+    const vd_scales s = vd_scales_of(_mm256_loadu_ps(d8));
+    return vd_scale_step(&s, j);
 }
 
 #include "vecdot_impl.h"
@@ -94,17 +102,20 @@ static inline __m512i dot_signed_madd(__m512i x, __m512i y) {
 
 static inline __m512i flip(__m512i x) { return _mm512_xor_si512(x, _mm512_set1_epi8((char)0x80)); }
 
-/* Q4_0 multiplies its unsigned nibbles; Q8_0 signed bytes, or with VNNI
- * the bytes with the sign bit flipped (vd_bias takes either bias out). */
-static inline vd_int vd_q8_products(enum vd_format f, bool vnni, const uint8_t *x, const int8_t *y, vd_int table) {
+/* Two blocks' weights: Q4_0's unsigned nibbles; Q8_0's signed bytes, or
+ * with VNNI the bytes with the sign bit flipped (vd_bias takes either bias
+ * out). */
+static inline vd_int vd_q8_weights(enum vd_format f, bool vnni, const uint8_t *x, vd_int table) {
     (void)table;
-    const __m512i yy = _mm512_loadu_si512(y);
-    if (f == VD_Q4_0) {
-        const __m512i q = q4_0_pair(x, x + sizeof(block_q4_0));
-        return vnni ? dot_vnni(q, yy) : dot_madd(q, yy);
-    }
+    if (f == VD_Q4_0) return q4_0_pair(x, x + sizeof(block_q4_0));
     const __m512i q = q8_0_pair(x, x + sizeof(block_q8_0));
-    return vnni ? dot_vnni(flip(q), yy) : dot_signed_madd(q, yy);
+    return vnni ? flip(q) : q;
+}
+
+static inline vd_int vd_q8_mul(enum vd_format f, bool vnni, vd_int w, const int8_t *y) {
+    const __m512i yy = _mm512_loadu_si512(y);
+    if (vnni) return dot_vnni(w, yy);
+    return f == VD_Q4_0 ? dot_madd(w, yy) : dot_signed_madd(w, yy);
 }
 
 /* The blocks after the last full group of eight go to the portable kernel
@@ -128,4 +139,25 @@ VNNI __attribute__((flatten)) void ferry_vec_dot_q4_0_avx512_vnni(int64_t n, flo
 }
 VNNI __attribute__((flatten)) void ferry_vec_dot_q8_0_avx512_vnni(int64_t n, float *s, const void *x, const void *y) {
     vd_q8_dot(VD_Q8_0, true, n, s, x, y);
+}
+
+/* ---- GEMM tiles (gemm_impl.h): 4 rows x 6 columns, 24 registers accumulating ---- */
+
+#define GM_RM 4
+#define GM_RN 6
+#include "gemm_impl.h"
+
+void ferry_gemm_q4_0_avx512(int64_t n, const void *const *x, const void *const *y, float *out) {
+    gm_q8_tile(VD_Q4_0, false, n, x, y, out);
+}
+void ferry_gemm_q8_0_avx512(int64_t n, const void *const *x, const void *const *y, float *out) {
+    gm_q8_tile(VD_Q8_0, false, n, x, y, out);
+}
+VNNI __attribute__((flatten)) void ferry_gemm_q4_0_avx512_vnni(int64_t n, const void *const *x, const void *const *y,
+                                                               float *out) {
+    gm_q8_tile(VD_Q4_0, true, n, x, y, out);
+}
+VNNI __attribute__((flatten)) void ferry_gemm_q8_0_avx512_vnni(int64_t n, const void *const *x, const void *const *y,
+                                                               float *out) {
+    gm_q8_tile(VD_Q8_0, true, n, x, y, out);
 }

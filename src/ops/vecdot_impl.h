@@ -106,14 +106,29 @@ static inline vd_int vd_q8_table(enum vd_format f) {
 
 /* The format hooks of each width:
  *   vd_q8_scales8: the weight scales of the eight blocks at x;
- *   vd_q8_products: per-lane i32 sums of weight times activation bytes over
- *       the VD_BLOCKS blocks at x and y;
+ *   vd_q8_weights: the VD_BLOCKS weight blocks at x in the form vd_q8_mul
+ *       takes (unpacked, biased);
+ *   vd_q8_mul: per-lane i32 sums of those weights times the activation
+ *       bytes at y;
  *   vd_q8_tail: blocks i..nb-1, after the last full group of eight, summed
  *       in f32 from 0. */
 static inline __m256 vd_q8_scales8(enum vd_format f, const uint8_t *x);
-static inline vd_int vd_q8_products(enum vd_format f, bool vnni, const uint8_t *x, const int8_t *y, vd_int table);
+static inline vd_int vd_q8_weights(enum vd_format f, bool vnni, const uint8_t *x, vd_int table);
+static inline vd_int vd_q8_mul(enum vd_format f, bool vnni, vd_int w, const int8_t *y);
 static inline float vd_q8_tail(enum vd_format f, bool vnni, const uint8_t *x, struct ferry_q8_row y, int64_t i,
                                int64_t nb, vd_int table);
+
+static inline vd_int vd_q8_products(enum vd_format f, bool vnni, const uint8_t *x, const int8_t *y, vd_int table) {
+    return vd_q8_mul(f, vnni, vd_q8_weights(f, vnni, x, table), y);
+}
+
+/* A dot product from its four accumulators, its bias correction and its
+ * tail (gemm_impl.h finishes its tiles with this too). */
+static inline float vd_q8_finish(const vd_f32 acc[4], __m256 corr, float bias, float tail) {
+    const float body = vd_hsum(vd_add(vd_add(acc[0], acc[1]), vd_add(acc[2], acc[3])));
+    /* sum (q-B)*y = sum q*y - B * sum y, with d_y * sum(y) prepared as s */
+    return body - (bias != 0.0f ? bias * hsum8(corr) : 0.0f) + tail;
+}
 
 static inline __attribute__((always_inline)) void vd_q8_dot(enum vd_format f, bool vnni, int64_t n, float *s,
                                                             const void *vx, const void *vy) {
@@ -138,9 +153,7 @@ static inline __attribute__((always_inline)) void vd_q8_dot(enum vd_format f, bo
             acc[j % 4] = vd_fmadd(vd_scale_step(&sc, j), vd_cvt_i32(p), acc[j % 4]);
         }
     }
-    const float body = vd_hsum(vd_add(vd_add(acc[0], acc[1]), vd_add(acc[2], acc[3])));
-    /* sum (q-B)*y = sum q*y - B * sum y, with d_y * sum(y) prepared as s */
-    *s = body - (bias != 0.0f ? bias * hsum8(corr) : 0.0f) + vd_q8_tail(f, vnni, x, y, i, nb, table);
+    *s = vd_q8_finish(acc, corr, bias, vd_q8_tail(f, vnni, x, y, i, nb, table));
 }
 
 /* ---- FLASH_ATTN_EXT inner loops for f16 K and V ---------------------------------
