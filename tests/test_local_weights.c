@@ -160,6 +160,39 @@ static void test_model_from_server_copy(const char *path, const char *other) {
     test_server_stop(&ts);
 }
 
+/* The README's promise for the cache: a second load through a server
+ * started with a cache sends only hashes (every weight, whatever its size:
+ * ferry's client probes them all), after a restart of the server too. */
+static void test_second_load_sends_only_hashes(const char *path) {
+    char cache[400];
+    snprintf(cache, sizeof cache, "%s/cache", dir);
+    struct ferry_server_config cfg;
+    ferry_server_config_defaults(&cfg);
+    cfg.port = 0;
+    cfg.n_threads = 1;
+    cfg.cache_dir = cache;
+    float *logits = calloc(1 << 16, sizeof(float));
+    struct ferry_model_node_info node;
+    for (int round = 0; round < 3; round++) {
+        struct test_server ts;
+        if (!test_server_start(&ts, &cfg)) break;
+        memset(&node, 0, sizeof node);
+        model_logits(path, ts.endpoint, logits, &node);
+        ferry_server_cache_flush(ts.s);
+        if (round == 0)
+            CHECK(node.uploaded_bytes == node.weight_bytes && node.cache_hits == 0,
+                  "first load: every weight sent (%llu of %llu bytes)", (unsigned long long)node.uploaded_bytes,
+                  (unsigned long long)node.weight_bytes);
+        else
+            CHECK(node.uploaded_bytes == 0 && node.cache_bytes == node.weight_bytes && node.cache_hits > 10,
+                  "load %d (a restarted server): only hashes sent (%llu bytes sent, %u weights from the cache)",
+                  round + 1, (unsigned long long)node.uploaded_bytes,
+                  node.cache_hits);
+        test_server_stop(&ts); /* each round a fresh server on the same cache */
+    }
+    free(logits);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/ferry-test-lw-XXXXXX");
     if (!mkdtemp(dir)) return 1;
@@ -243,6 +276,7 @@ int main(void) {
     char c[512];
     gen("c.gguf", 3, c, sizeof c);
     test_model_from_server_copy(a, c);
+    test_second_load_sends_only_hashes(c);
 
     /* bad paths: a clear error, nothing opened */
     const char *missing[1] = { "/nonexistent/model.gguf" };
