@@ -374,6 +374,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     snprintf(model, sizeof model, "%s/tiny.gguf", tmpdir);
+    char xdg[600];
+    snprintf(xdg, sizeof xdg, "%s/xdg", tmpdir);
+    setenv("XDG_CACHE_HOME", xdg, 1); /* the commands' caches and memos, not the user's */
     char args[1024], out[8192];
     snprintf(args, sizeof args, "gen-model -o %s --n-ctx 512 --no-progress", model);
     int rc = run_ferry(args, out, sizeof out);

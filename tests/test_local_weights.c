@@ -24,6 +24,7 @@ static void gen(const char *name, uint64_t seed, char *path, size_t cap) {
     ferry_gen_params_defaults(&p);
     p.seed = seed;
     p.wtype = FERRY_TYPE_Q8_0;
+    p.n_embd = 256, p.n_ff = 768, p.n_head = 4, p.n_head_kv = 2; /* weights over 1 MiB: a mapped server buffer */
     snprintf(path, cap, "%s/%s", models, name);
     struct ferry_error err = { 0 };
     CHECK(ferry_gen_model(&p, path, &err) == FERRY_OK, "gen %s: %s", name, err.msg);
@@ -152,6 +153,11 @@ static void test_model_from_server_copy(const char *path, const char *other) {
           node.local_hits, (unsigned long long)node.local_bytes, (unsigned long long)node.weight_bytes,
           (unsigned long long)node.uploaded_bytes);
     CHECK(memcmp(local, remote, (1 << 16) * sizeof(float)) == 0, "logits from the server's copy equal the local run's");
+    struct ferry_server_stats sst;
+    ferry_server_get_stats(ts.s, &sst);
+    CHECK(sst.local_bytes_mapped > sst.local_bytes / 2,
+          "the client laid the weights out as in the file, so the server mapped most of them (%llu of %llu bytes)",
+          (unsigned long long)sst.local_bytes_mapped, (unsigned long long)sst.local_bytes);
     model_logits(other, ts.endpoint, remote, &node);
     CHECK(node.local_hits == 0 && node.uploaded_bytes == node.weight_bytes,
           "another model: nothing from the server's files, every weight uploaded (%u, %llu of %llu)",
@@ -198,6 +204,9 @@ int main(void) {
     if (!mkdtemp(dir)) return 1;
     snprintf(models, sizeof models, "%s/models", dir);
     snprintf(index_dir, sizeof index_dir, "%s/index", dir);
+    char xdg[300];
+    snprintf(xdg, sizeof xdg, "%s/xdg", dir);
+    setenv("XDG_CACHE_HOME", xdg, 1); /* the client's hash memo, not the user's */
     mkdir(models, 0755);
     char a[512], b[512];
     gen("a.gguf", 1, a, sizeof a);

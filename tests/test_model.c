@@ -561,6 +561,8 @@ int main(void) {
         perror("mkdtemp");
         return 1;
     }
+    char xdg[] = "/tmp/ferry-model-xdg-XXXXXX"; /* the client's hash memo, not the user's */
+    if (mkdtemp(xdg)) setenv("XDG_CACHE_HOME", xdg, 1);
     test_against_reference("llama", false);
     test_against_reference("llama", true);
     test_against_reference("qwen2", false);
@@ -570,5 +572,8 @@ int main(void) {
     test_server_lost();
     test_refusals();
     test_remove_dir(g_dir);
+    char rm[128];
+    snprintf(rm, sizeof rm, "rm -rf '%s'", xdg);
+    if (system(rm) != 0) fprintf(stderr, "could not remove %s\n", xdg);
     return test_summary();
 }

@@ -94,6 +94,7 @@ struct ferry_server_stats {
     uint64_t cache_hits, cache_misses, cache_files, cache_bytes;
     uint64_t local_hits, local_bytes;  /* tensors (and bytes) filled from the local model files */
     uint64_t local_files, local_tensors, local_indexed_bytes; /* what those files hold */
+    uint64_t local_bytes_mapped; /* of local_bytes, mapped from the file rather than copied */
     uint64_t cpu_user_ns, cpu_sys_ns; /* the server process's CPU time */
 };
 void ferry_server_get_stats(struct ferry_server *s, struct ferry_server_stats *out);

@@ -241,9 +241,9 @@ static int cmd_serve(int argc, char **argv) {
     ferry_server_get_stats(s, &st);
     ferry_log_info("stopped: %" PRIu64 " connections (%" PRIu64 " refused, %" PRIu64 " dropped), %" PRIu64
                    " commands, %" PRIu64 " graphs, cache %" PRIu64 " hits / %" PRIu64 " misses, %" PRIu64
-                   " tensors from local models",
+                   " tensors from local models (%" PRIu64 " MiB mapped)",
                    st.conns_accepted, st.conns_refused, st.conns_dropped, st.commands, st.graphs_computed,
-                   st.cache_hits, st.cache_misses, st.local_hits);
+                   st.cache_hits, st.cache_misses, st.local_hits, st.local_bytes_mapped / MIB);
     g_server = NULL;
     ferry_server_destroy(s);
     if (rc != FERRY_OK) {

@@ -23,6 +23,7 @@
 #include "ferry/engine.h"
 #include "ferry/gguf.h"
 #include "ferry/log.h"
+#include "model/hash_memo.h"
 #include "model/llama.h"
 #include "util/hash.h"
 
@@ -57,6 +58,7 @@ struct stage {
 struct ferry_model {
     struct ferry_gguf *gguf;
     uint64_t content_key; /* ferry_gguf_content_key, once a server holds model files */
+    struct hash_memo *hash_memo; /* during load: weight hashes known from earlier loads */
     bool have_content_key;
     struct ferry_vocab *vocab;
     struct llama_hparams hp;
@@ -274,24 +276,57 @@ static void *hash_ahead_main(void *arg) {
 /* Remote stages: one buffer for all weights, each put in place once: by
  * the server from its own copy of the model file when it has one, else
  * through its hash cache (hashed in parallel), else sent. */
+/* Where each weight goes in the stage's buffer. Packed one after the other;
+ * or, for a server that holds the model file, at the distance it has in
+ * the file, so that each weight sits at the same place within a page as in
+ * the file and the server can map the file's pages instead of copying them
+ * (when the gaps, other stages' tensors, cost at most a quarter more). */
+static uint64_t weight_layout(struct ferry_model *m, struct stage *st, uint64_t align, uint64_t *offs) {
+    uint64_t packed = 0;
+    for (int i = 0; i < st->n_weights; i++) {
+        packed = align_up(packed, align);
+        offs[i] = packed;
+        packed += ferry_nbytes(&st->weights[i]);
+    }
+    if (m->params.no_hash_cache || st->n_weights == 0 || !ferry_client_server_has_local(st->client)) return packed;
+    /* the server's own alignment rule, not the 64 bytes we prefer when packing */
+    uint64_t need = 0;
+    struct ferry_error ignored;
+    if (ferry_client_alignment(st->client, 0, &need, &ignored) || need == 0 || need > 4096) return packed;
+    const uint8_t *file = ferry_gguf_base(m->gguf);
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (int i = 0; i < st->n_weights; i++) {
+        const uint64_t at = (uint64_t)((const uint8_t *)st->weight_src[i] - file);
+        if (at % need) return packed;
+        if (at < lo) lo = at;
+        if (at + ferry_nbytes(&st->weights[i]) > hi) hi = at + ferry_nbytes(&st->weights[i]);
+    }
+    lo &= ~(uint64_t)4095;
+    if (hi - lo > packed + packed / 4) return packed;
+    for (int i = 0; i < st->n_weights; i++) offs[i] = (uint64_t)((const uint8_t *)st->weight_src[i] - file) - lo;
+    return hi - lo;
+}
+
 static int upload_weights(struct ferry_model *m, struct stage *st, uint64_t align, struct ferry_error *err) {
-    uint64_t total = 0;
-    for (int i = 0; i < st->n_weights; i++) total = align_up(total, align) + ferry_nbytes(&st->weights[i]);
+    uint64_t *offs = calloc((size_t)st->n_weights + 1, sizeof *offs);
+    if (!offs) return ferry_fail(err, FERRY_ERR_NOMEM, "weights of stage %s: out of memory", st->name);
+    const uint64_t total = weight_layout(m, st, align, offs);
     int rc = ferry_client_alloc_buffer(st->client, 0, total ? total : 1, &st->wbuf, err);
-    if (rc) return rc;
+    if (rc) {
+        free(offs);
+        return rc;
+    }
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     if (m->params.progress) m->params.progress(m->params.progress_ud, st->name, 0, st->weight_bytes);
-    uint64_t off = 0, done = 0;
+    uint64_t done = 0;
     int *todo = calloc((size_t)st->n_weights + 1, sizeof *todo), n_todo = 0;
     uint64_t *hash = calloc((size_t)st->n_weights + 1, sizeof *hash);
     bool *ready = calloc((size_t)st->n_weights + 1, sizeof *ready);
     if (!todo || !hash || !ready) rc = ferry_fail(err, FERRY_ERR_NOMEM, "weights of stage %s: out of memory", st->name);
     for (int i = 0; i < st->n_weights && !rc; i++) {
         struct ferry_tensor *t = &st->weights[i];
-        off = align_up(off, align);
-        rc = ferry_remote_tensor_place(t, &st->wbuf, off, err);
-        off += ferry_nbytes(t);
+        rc = ferry_remote_tensor_place(t, &st->wbuf, offs[i], err);
         bool filled = false;
         if (!rc) rc = fill_from_server_copy(m, st, i, &filled, err);
         if (!rc && filled) {
@@ -301,9 +336,19 @@ static int upload_weights(struct ferry_model *m, struct stage *st, uint64_t alig
             todo[n_todo++] = i;
         }
     }
-    /* the rest: hashed ahead by the local threads while the sender goes */
-    struct hash_ahead h = { .st = st, .todo = todo, .n_todo = m->params.no_hash_cache ? 0 : n_todo, .hash = hash,
-                            .ready = ready };
+    /* the rest: hashes remembered from an earlier load of this file, the
+     * others computed by the local threads ahead of the sender */
+    const uint8_t *file = ferry_gguf_base(m->gguf);
+    int *unknown = calloc((size_t)n_todo + 1, sizeof *unknown), n_unknown = 0;
+    if (!unknown && !rc) rc = ferry_fail(err, FERRY_ERR_NOMEM, "weights of stage %s: out of memory", st->name);
+    if (!rc && !m->params.no_hash_cache && !m->hash_memo) m->hash_memo = hash_memo_open(m->params.path);
+    for (int j = 0; !rc && !m->params.no_hash_cache && j < n_todo; j++) {
+        const int i = todo[j];
+        const uint64_t at = (uint64_t)((const uint8_t *)st->weight_src[i] - file);
+        if (hash_memo_get(m->hash_memo, at, ferry_nbytes(&st->weights[i]), &hash[i])) ready[i] = true;
+        else unknown[n_unknown++] = i;
+    }
+    struct hash_ahead h = { .st = st, .todo = unknown, .n_todo = n_unknown, .hash = hash, .ready = ready };
     atomic_init(&h.next, 0);
     pthread_mutex_init(&h.lock, NULL);
     pthread_cond_init(&h.done, NULL);
@@ -316,11 +361,13 @@ static int upload_weights(struct ferry_model *m, struct stage *st, uint64_t alig
     for (int j = 0; j < n_todo && !rc; j++) {
         const int i = todo[j];
         const uint64_t *known = NULL;
-        if (n_workers > 0) {
+        if (!m->params.no_hash_cache && (n_workers > 0 || ready[i])) {
             pthread_mutex_lock(&h.lock);
             while (!ready[i]) pthread_cond_wait(&h.done, &h.lock);
             pthread_mutex_unlock(&h.lock);
             known = &hash[i];
+            hash_memo_put(m->hash_memo, (uint64_t)((const uint8_t *)st->weight_src[i] - file),
+                          ferry_nbytes(&st->weights[i]), hash[i]);
         }
         rc = upload_weight(m, st, i, known, err);
         done += ferry_nbytes(&st->weights[i]);
@@ -330,7 +377,7 @@ static int upload_weights(struct ferry_model *m, struct stage *st, uint64_t alig
     for (int w = 0; w < n_workers; w++) pthread_join(workers[w], NULL);
     pthread_mutex_destroy(&h.lock);
     pthread_cond_destroy(&h.done);
-    free(todo), free(hash), free(ready);
+    free(todo), free(hash), free(ready), free(offs), free(unknown);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     st->load_seconds = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     return rc;
@@ -530,6 +577,8 @@ int ferry_model_load(const struct ferry_model_params *p, struct ferry_model **ou
         if (!rc) rc = setup_compute(m, st, align, err);
         if (!rc && st->client) ferry_client_get_stats(st->client, &st->stats0);
     }
+    hash_memo_close(m->hash_memo); /* what this load hashed, kept for the next */
+    m->hash_memo = NULL;
     if (rc) goto fail;
     m->load_seconds = now_s() - t0;
     *out = m;

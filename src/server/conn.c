@@ -355,7 +355,12 @@ static int do_load_local(struct conn_state *st, const struct ferry_rpc_load_loca
         void *host = NULL;
         rc = ferry_rpc_resolve_region(&r->tensor, 0, n, buffers_resolve, &st->buffers, &host, err);
         if (rc) return rc;
-        result = ferry_local_weights_load_at(st->s->local, r->key, r->file_offset, host, n) == FERRY_OK;
+        /* a plain anonymous mapping can take the file's pages instead of a
+         * copy; memory registered for RDMA must keep its own pages */
+        const struct srv_buffer *b = buffers_find(&st->buffers, r->tensor.buffer);
+        result = (b && b->mapped && !b->reg
+                      ? ferry_local_weights_map_at(st->s->local, r->key, r->file_offset, host, n)
+                      : ferry_local_weights_load_at(st->s->local, r->key, r->file_offset, host, n)) == FERRY_OK;
     }
     return respond(st, &result, 1, err);
 }

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -448,6 +449,62 @@ int ferry_local_weights_load_at(struct ferry_local_weights *lw, uint64_t key, ui
         if (lw->v[i].file == fi && lw->v[i].offset == offset && lw->v[i].size == n) entry = lw->v[i], found = true;
     pthread_mutex_unlock(&lw->lock);
     return found ? read_entry(lw, f, entry, dst) : FERRY_ERR_INVALID;
+}
+
+/* Maps the page-aligned middle of the tensor straight from the file
+ * (private: a later write to it copies the page) and reads the partial
+ * pages at its ends; the file is checked before and after, as a read is. */
+static int map_entry(struct ferry_local_weights *lw, struct lw_file *f, struct lw_entry entry, uint8_t *dst) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t a = ((uintptr_t)dst + page - 1) & ~(page - 1), end = ((uintptr_t)dst + entry.size) & ~(page - 1);
+    if (end <= a) return read_entry(lw, f, entry, dst);
+    bool ok = unchanged(f);
+    const uint64_t fa = entry.offset + (a - (uintptr_t)dst);
+    ok = ok && mmap((void *)a, end - a, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, f->fd, (off_t)fa) != MAP_FAILED;
+    struct lw_entry head = { entry.hash, entry.offset, a - (uintptr_t)dst, entry.file };
+    struct lw_entry tail = { entry.hash, entry.offset + (end - (uintptr_t)dst), (uintptr_t)dst + entry.size - end,
+                             entry.file };
+    for (int k = 0; ok && k < 2; k++) {
+        const struct lw_entry *part = k ? &tail : &head;
+        uint8_t *p = k ? (uint8_t *)end : dst;
+        for (uint64_t done = 0; ok && done < part->size;) {
+            ssize_t r = pread(f->fd, p + done, (size_t)(part->size - done), (off_t)(part->offset + done));
+            if (r < 0 && errno == EINTR) continue;
+            ok = r > 0;
+            if (ok) done += (uint64_t)r;
+        }
+    }
+    ok = ok && unchanged(f);
+    pthread_mutex_lock(&lw->lock);
+    if (ok) {
+        lw->stats.hits++;
+        lw->stats.bytes_served += entry.size;
+        lw->stats.bytes_mapped += end - a;
+    } else if (!f->gone) {
+        f->gone = true;
+        ferry_log_warn("model %s changed or became unreadable since it was indexed: its tensors are no longer "
+                       "served locally (restart the server to index it again)",
+                       f->path);
+    }
+    pthread_mutex_unlock(&lw->lock);
+    return ok ? FERRY_OK : FERRY_ERR_INVALID;
+}
+
+int ferry_local_weights_map_at(struct ferry_local_weights *lw, uint64_t key, uint64_t offset, void *dst, uint64_t n) {
+    pthread_mutex_lock(&lw->lock);
+    uint32_t fi = 0;
+    struct lw_file *f = file_of_key(lw, key, &fi);
+    struct lw_entry entry = { 0 };
+    bool found = false;
+    for (size_t i = 0; f && i < lw->n && !found; i++)
+        if (lw->v[i].file == fi && lw->v[i].offset == offset && lw->v[i].size == n) entry = lw->v[i], found = true;
+    pthread_mutex_unlock(&lw->lock);
+    if (!found) return FERRY_ERR_INVALID;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    /* the file's pages land on the tensor's pages only when both sit at
+     * the same place within a page */
+    if (((uintptr_t)dst - (uintptr_t)offset) % page != 0) return read_entry(lw, f, entry, dst);
+    return map_entry(lw, f, entry, dst);
 }
 
 void ferry_local_weights_get_stats(struct ferry_local_weights *lw, struct ferry_local_weights_stats *out) {

@@ -23,6 +23,7 @@ struct ferry_local_weights_stats {
     uint64_t files, tensors, bytes;     /* indexed */
     uint64_t files_hashed, bytes_hashed; /* at open: indexes that were not reusable */
     uint64_t hits, bytes_served;
+    uint64_t bytes_mapped; /* of them, mapped from the file instead of copied */
 };
 
 /* paths: GGUF files or directories (their *.gguf files, not recursive).
@@ -46,6 +47,15 @@ int ferry_local_weights_load(struct ferry_local_weights *lw, uint64_t hash, void
 bool ferry_local_weights_has_model(struct ferry_local_weights *lw, uint64_t key);
 int ferry_local_weights_load_at(struct ferry_local_weights *lw, uint64_t key, uint64_t offset, void *dst,
                                 uint64_t n);
+/* load_at into memory the caller owns as a private anonymous mapping
+ * (no RDMA registration): when dst and offset sit at the same place within
+ * a page, the tensor's whole pages are mapped from the file (MAP_PRIVATE |
+ * MAP_FIXED: nothing copied now, page-cache pages shared until written),
+ * only its partial end pages read. Otherwise as load_at. A model file
+ * written in place while mapped shows through, as with any mmap'd model:
+ * replace served files, do not edit them. */
+int ferry_local_weights_map_at(struct ferry_local_weights *lw, uint64_t key, uint64_t offset, void *dst,
+                               uint64_t n);
 void ferry_local_weights_get_stats(struct ferry_local_weights *lw, struct ferry_local_weights_stats *out);
 
 #endif

@@ -329,6 +329,7 @@ void ferry_server_get_stats(struct ferry_server *s, struct ferry_server_stats *o
         out->local_files = ls.files;
         out->local_tensors = ls.tensors;
         out->local_indexed_bytes = ls.bytes;
+        out->local_bytes_mapped = ls.bytes_mapped;
     }
     if (s->cache) {
         struct ferry_cache_stats cs;
