@@ -12,7 +12,7 @@
 #include "util/fs.h"
 #include "util/hash.h"
 
-#define MEMO_MAGIC "ferry-hashes 1"
+#define MEMO_MAGIC "ferry-hashes 2"
 
 struct memo_entry {
     uint64_t offset, size, hash;
@@ -20,7 +20,7 @@ struct memo_entry {
 
 struct hash_memo {
     char path[PATH_MAX + 64]; /* the memo file; "" when it cannot be kept */
-    uint64_t dev, ino, size, mtime_ns;
+    uint64_t dev, ino, size, mtime_ns, ctime_ns;
     struct memo_entry *v;
     size_t n, cap;
     bool dirty;
@@ -49,14 +49,17 @@ struct hash_memo *hash_memo_open(const char *path) {
     if (n <= 0 || (size_t)n >= sizeof dir || realpath(path, real) == NULL || stat(real, &st) != 0) return m;
     m->dev = (uint64_t)st.st_dev, m->ino = (uint64_t)st.st_ino, m->size = (uint64_t)st.st_size;
     m->mtime_ns = (uint64_t)st.st_mtim.tv_sec * 1000000000ull + (uint64_t)st.st_mtim.tv_nsec;
+    /* ctime too: an edit that sets the mtime back cannot set it back */
+    m->ctime_ns = (uint64_t)st.st_ctim.tv_sec * 1000000000ull + (uint64_t)st.st_ctim.tv_nsec;
     snprintf(m->path, sizeof m->path, "%s/%016" PRIx64 ".txt", dir, ferry_fnv1a64(real, strlen(real)));
     FILE *f = fopen(m->path, "r");
     if (f == NULL) return m;
     char line[256];
-    uint64_t dev, ino, size, mtime;
+    uint64_t dev, ino, size, mtime, ctime;
     bool ok = fgets(line, sizeof line, f) && strcmp(line, MEMO_MAGIC "\n") == 0 && fgets(line, sizeof line, f) &&
-              sscanf(line, "%" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64, &dev, &ino, &size, &mtime) == 4 &&
-              dev == m->dev && ino == m->ino && size == m->size && mtime == m->mtime_ns;
+              sscanf(line, "%" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64, &dev, &ino, &size, &mtime,
+                     &ctime) == 5 &&
+              dev == m->dev && ino == m->ino && size == m->size && mtime == m->mtime_ns && ctime == m->ctime_ns;
     while (ok && fgets(line, sizeof line, f)) {
         uint64_t off, len, hash, end;
         if (sscanf(line, "%" SCNu64 " %" SCNu64 " %" SCNx64, &off, &len, &hash) == 3 &&
@@ -93,8 +96,8 @@ void hash_memo_close(struct hash_memo *m) {
         snprintf(tmp, sizeof tmp, "%s.tmp-%d", m->path, (int)getpid());
         FILE *f = ferry_mkdir_p(dir) == 0 ? fopen(tmp, "w") : NULL;
         if (f) {
-            fprintf(f, MEMO_MAGIC "\n%" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", m->dev, m->ino, m->size,
-                    m->mtime_ns);
+            fprintf(f, MEMO_MAGIC "\n%" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", m->dev, m->ino,
+                    m->size, m->mtime_ns, m->ctime_ns);
             for (size_t i = 0; i < m->n; i++)
                 fprintf(f, "%" PRIu64 " %" PRIu64 " %016" PRIx64 "\n", m->v[i].offset, m->v[i].size, m->v[i].hash);
             if (fclose(f) != 0 || rename(tmp, m->path) != 0) unlink(tmp);

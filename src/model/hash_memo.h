@@ -4,8 +4,8 @@
  * first, and hashing a model costs about a second per GB. The hashes of a
  * file do not change while the file does not, so they are kept in
  * $XDG_CACHE_HOME/ferry/hashes (else ~/.cache/ferry/hashes), one small file
- * per model file, valid while the model's device, inode, size and mtime are
- * those recorded: a second load hashes nothing. A memo that is missing,
+ * per model file, valid while the model's device, inode, size, mtime and
+ * ctime are those recorded: a second load hashes nothing. A memo that is missing,
  * stale or damaged costs only the hashing. */
 #ifndef FERRY_MODEL_HASH_MEMO_H
 #define FERRY_MODEL_HASH_MEMO_H
