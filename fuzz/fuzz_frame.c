@@ -56,6 +56,7 @@ static size_t encode(const struct ferry_rpc_request *q, uint8_t *out) {
     case FERRY_RPC_CMD_INIT_TENSOR: return ferry_rpc_encode_init_tensor(&q->u.init_tensor, out);
     case FERRY_RPC_CMD_GET_ALLOC_SIZE: return ferry_rpc_encode_get_alloc_size(&q->u.get_alloc_size, out);
     case FERRY_RPC_CMD_MEMSET_TENSOR: return ferry_rpc_encode_memset_tensor(&q->u.memset_tensor, out);
+    case FERRY_RPC_CMD_FERRY_LOAD_LOCAL: return ferry_rpc_encode_load_local(&q->u.load_local, out);
     default: return 0;
     }
 }
@@ -84,6 +85,7 @@ static void server_side(uint8_t cmd, const uint8_t *p, size_t len) {
         resolve_tensor(&q.u.copy_tensor.dst);
         break;
     case FERRY_RPC_CMD_INIT_TENSOR: resolve_tensor(&q.u.init_tensor); break;
+    case FERRY_RPC_CMD_FERRY_LOAD_LOCAL: resolve_tensor(&q.u.load_local.tensor); break;
     case FERRY_RPC_CMD_GET_ALLOC_SIZE:
         resolve_tensor(&q.u.get_alloc_size.tensor);
         for (int i = 0; i < FERRY_MAX_SRC; i++)
@@ -121,6 +123,9 @@ static void client_side(uint8_t cmd, uint64_t declared, const uint8_t *p, size_t
     (void)ferry_rpc_decode_u64_rsp(p, len, &u64, &err);
     (void)ferry_rpc_decode_u32_rsp(p, len, &u32, &err);
     (void)ferry_rpc_decode_u8_rsp(p, len, &u8, &err);
+    /* a ferry server's error reply in place of a response's length */
+    uint32_t code, reason_len;
+    if (len >= 8 && ferry_rpc_decode_error(p, &code, &reason_len, &err) == FERRY_OK) (void)ferry_rpc_error_name(code);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
