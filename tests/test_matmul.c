@@ -772,11 +772,11 @@ static void test_gemm_tiles(void) {
         { "q8_0 avx512 vnni", FERRY_TYPE_Q8_0, ferry_gemm_q8_0_avx512_vnni, 4, 6, ferry_vec_dot_q8_0_avx512_vnni,
           FERRY_SIMD_AVX512, true },
         /* the K-quants' tiles at AVX-512 reproduce their AVX2 dot products */
-        { "q4_K avx512", FERRY_TYPE_Q4_K, ferry_gemm_q4_K_avx512, 4, 4, ferry_vec_dot_q4_K_avx2, FERRY_SIMD_AVX512, false },
-        { "q6_K avx512", FERRY_TYPE_Q6_K, ferry_gemm_q6_K_avx512, 4, 6, ferry_vec_dot_q6_K_avx2, FERRY_SIMD_AVX512, false },
-        { "q4_K avx512 vnni", FERRY_TYPE_Q4_K, ferry_gemm_q4_K_avx512_vnni, 4, 4, ferry_vec_dot_q4_K_avx2,
+        { "q4_K avx512", FERRY_TYPE_Q4_K, ferry_gemm_q4_K_avx512, 2, 8, ferry_vec_dot_q4_K_avx2, FERRY_SIMD_AVX512, false },
+        { "q6_K avx512", FERRY_TYPE_Q6_K, ferry_gemm_q6_K_avx512, 4, 8, ferry_vec_dot_q6_K_avx2, FERRY_SIMD_AVX512, false },
+        { "q4_K avx512 vnni", FERRY_TYPE_Q4_K, ferry_gemm_q4_K_avx512_vnni, 2, 8, ferry_vec_dot_q4_K_avx2,
           FERRY_SIMD_AVX512, true },
-        { "q6_K avx512 vnni", FERRY_TYPE_Q6_K, ferry_gemm_q6_K_avx512_vnni, 4, 6, ferry_vec_dot_q6_K_avx2,
+        { "q6_K avx512 vnni", FERRY_TYPE_Q6_K, ferry_gemm_q6_K_avx512_vnni, 4, 8, ferry_vec_dot_q6_K_avx2,
           FERRY_SIMD_AVX512, true },
     };
     /* one block; a tail only; groups and a tail; K chunks (8 groups each), a part chunk and a tail */

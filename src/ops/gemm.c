@@ -31,9 +31,13 @@ static bool tile_avx512(enum ferry_type t, struct ferry_gemm *out) {
     case FERRY_TYPE_Q8_0: out->tile = vnni ? ferry_gemm_q8_0_avx512_vnni : ferry_gemm_q8_0_avx512; break;
     case FERRY_TYPE_Q4_K:
         out->tile = vnni ? ferry_gemm_q4_K_avx512_vnni : ferry_gemm_q4_K_avx512;
-        out->cols = 4;
+        out->rows = 2;
+        out->cols = 8;
         break;
-    case FERRY_TYPE_Q6_K: out->tile = vnni ? ferry_gemm_q6_K_avx512_vnni : ferry_gemm_q6_K_avx512; break;
+    case FERRY_TYPE_Q6_K:
+        out->tile = vnni ? ferry_gemm_q6_K_avx512_vnni : ferry_gemm_q6_K_avx512;
+        out->cols = 8;
+        break;
     default: out->rows = out->cols = 0; return false;
     }
     return true;

@@ -47,7 +47,7 @@ void ferry_gemm_q4_0_avx512(int64_t n, const void *const *x, const void *const *
 void ferry_gemm_q8_0_avx512(int64_t n, const void *const *x, const void *const *y, float *out);
 void ferry_gemm_q4_0_avx512_vnni(int64_t n, const void *const *x, const void *const *y, float *out);
 void ferry_gemm_q8_0_avx512_vnni(int64_t n, const void *const *x, const void *const *y, float *out);
-/* (gemm_k_avx512.c: Q4_K 4 x 4, Q6_K 4 x 6), reproducing the AVX2 dot
+/* (gemm_k_avx512.c: Q4_K 2 x 8, Q6_K 4 x 8), reproducing the AVX2 dot
  * products, the K-quants' only SIMD ones */
 void ferry_gemm_q4_K_avx512(int64_t n, const void *const *x, const void *const *y, float *out);
 void ferry_gemm_q6_K_avx512(int64_t n, const void *const *x, const void *const *y, float *out);

@@ -54,10 +54,10 @@ static inline __m512i halves16(short a, short b) {
     return _mm512_inserti64x4(_mm512_set1_epi16(a), _mm256_set1_epi16(b), 1);
 }
 
-/* ---- Q4_K: 4 rows x 4 columns, one register per element ---------------------------- */
+/* ---- Q4_K: 2 rows x 8 columns, one register per element ---------------------------- */
 
-#define K4_RM 4
-#define K4_RN 4
+#define K4_RM 2
+#define K4_RN 8
 
 /* Register c holds the 32 bytes qs[32c..] twice: the low nibbles (sub-block
  * 2c) in the low half, the high ones (2c+1) in the high half, which is how
@@ -114,10 +114,10 @@ static inline __attribute__((always_inline)) void q4_K_tile(bool vnni, int64_t n
             out[i * K4_RN + j] = hsum8(_mm512_castps512_ps256(acc[i][j])) - hsum8(_mm512_extractf32x8_ps(acc[i][j], 1));
 }
 
-/* ---- Q6_K: 4 rows x 6 columns, one register per two elements ---------------------- */
+/* ---- Q6_K: 4 rows x 8 columns, one register per two elements ---------------------- */
 
 #define K6_RM 4
-#define K6_RN 6
+#define K6_RN 8
 
 /* Register k (0-3) holds 64 consecutive elements 64k.. (two of the dot
  * product's 32-byte groups: half k/2, groups 2(k%2) and 2(k%2)+1), so it
