@@ -6,7 +6,7 @@
  *
  * Shapes: the weight matrices of a 1B (2048x2048, 5632x2048) and a 7B
  * (4096x4096, 11008x4096) model as M x K, times n = 1 (decode), 128 and 512
- * (prefill) activation columns, for Q4_0, Q8_0, Q4_K and F16 weights. One
+ * (prefill) activation columns, for Q4_0, Q8_0, Q4_K, Q6_K and F16 weights. One
  * weight matrix is reused, so this is the cache-warm case test-backend-ops
  * also measures. Each figure is the best of several timed rounds (the
  * machine may be shared): flops = 2*M*N*K over seconds. */
@@ -109,7 +109,7 @@ int main(int argc, char **argv) {
     if (!e) return 1;
     printf("bench_gemm: %d threads, %s kernels\n", ferry_engine_n_threads(e), ferry_engine_simd_name());
     printf("%-6s %6s %6s %5s %10s %9s\n", "type", "M", "K", "N", "us", "GFLOPS");
-    const enum ferry_type types[] = { FERRY_TYPE_Q4_0, FERRY_TYPE_Q8_0, FERRY_TYPE_Q4_K, FERRY_TYPE_F16 };
+    const enum ferry_type types[] = { FERRY_TYPE_Q4_0, FERRY_TYPE_Q8_0, FERRY_TYPE_Q4_K, FERRY_TYPE_Q6_K, FERRY_TYPE_F16 };
     const int64_t shapes[][2] = { { 2048, 2048 }, { 5632, 2048 }, { 4096, 4096 }, { 11008, 4096 } }; /* M, K */
     const int64_t ns[] = { 1, 128, 512 };
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)

@@ -763,20 +763,35 @@ static void test_gemm_tiles(void) {
         { "q8_0 avx2", FERRY_TYPE_Q8_0, ferry_gemm_q8_0_avx2, 2, 4, ferry_vec_dot_q8_0_avx2, FERRY_SIMD_AVX2, false },
         { "iq4_nl avx2", FERRY_TYPE_IQ4_NL, ferry_gemm_iq4_nl_avx2, 2, 4, ferry_vec_dot_iq4_nl_avx2, FERRY_SIMD_AVX2, false },
         { "mxfp4 avx2", FERRY_TYPE_MXFP4, ferry_gemm_mxfp4_avx2, 2, 4, ferry_vec_dot_mxfp4_avx2, FERRY_SIMD_AVX2, false },
+        { "q4_K avx2", FERRY_TYPE_Q4_K, ferry_gemm_q4_K_avx2, 2, 4, ferry_vec_dot_q4_K_avx2, FERRY_SIMD_AVX2, false },
+        { "q6_K avx2", FERRY_TYPE_Q6_K, ferry_gemm_q6_K_avx2, 2, 4, ferry_vec_dot_q6_K_avx2, FERRY_SIMD_AVX2, false },
         { "q4_0 avx512", FERRY_TYPE_Q4_0, ferry_gemm_q4_0_avx512, 4, 6, ferry_vec_dot_q4_0_avx512, FERRY_SIMD_AVX512, false },
         { "q8_0 avx512", FERRY_TYPE_Q8_0, ferry_gemm_q8_0_avx512, 4, 6, ferry_vec_dot_q8_0_avx512, FERRY_SIMD_AVX512, false },
         { "q4_0 avx512 vnni", FERRY_TYPE_Q4_0, ferry_gemm_q4_0_avx512_vnni, 4, 6, ferry_vec_dot_q4_0_avx512_vnni,
           FERRY_SIMD_AVX512, true },
         { "q8_0 avx512 vnni", FERRY_TYPE_Q8_0, ferry_gemm_q8_0_avx512_vnni, 4, 6, ferry_vec_dot_q8_0_avx512_vnni,
           FERRY_SIMD_AVX512, true },
+        /* the K-quants' tiles at AVX-512 reproduce their AVX2 dot products */
+        { "q4_K avx512", FERRY_TYPE_Q4_K, ferry_gemm_q4_K_avx512, 2, 8, ferry_vec_dot_q4_K_avx2, FERRY_SIMD_AVX512, false },
+        { "q6_K avx512", FERRY_TYPE_Q6_K, ferry_gemm_q6_K_avx512, 4, 8, ferry_vec_dot_q6_K_avx2, FERRY_SIMD_AVX512, false },
+        { "q4_K avx512 vnni", FERRY_TYPE_Q4_K, ferry_gemm_q4_K_avx512_vnni, 2, 8, ferry_vec_dot_q4_K_avx2,
+          FERRY_SIMD_AVX512, true },
+        { "q6_K avx512 vnni", FERRY_TYPE_Q6_K, ferry_gemm_q6_K_avx512_vnni, 4, 8, ferry_vec_dot_q6_K_avx2,
+          FERRY_SIMD_AVX512, true },
     };
     /* one block; a tail only; groups and a tail; K chunks (8 groups each), a part chunk and a tail */
     const int64_t lens[] = { 32, 224, 256, 288, 2048 + 96, 4096 + 256 + 96 };
+    /* K-quant rows are whole super-blocks: one, a few, many */
+    const int64_t k_lens[] = { 256, 768, 4096 + 256 };
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
         if (k[i].level > best_level || (k[i].needs_vnni && !vnni)) continue;
-        for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++)
-            CHECK(tile_matches_dot(k[i].t, lens[l], k[i].tile, k[i].rows, k[i].cols, k[i].dot, ferry_prepare_q8_0),
-                  "%s tile differs from its dot product at n=%lld", k[i].name, (long long)lens[l]);
+        const bool kq = k[i].t == FERRY_TYPE_Q4_K || k[i].t == FERRY_TYPE_Q6_K;
+        const int64_t *ls = kq ? k_lens : lens;
+        const size_t nl = kq ? sizeof k_lens / sizeof k_lens[0] : sizeof lens / sizeof lens[0];
+        for (size_t l = 0; l < nl; l++)
+            CHECK(tile_matches_dot(k[i].t, ls[l], k[i].tile, k[i].rows, k[i].cols, k[i].dot,
+                                   kq ? q8_K_ref : ferry_prepare_q8_0),
+                  "%s tile differs from its dot product at n=%lld", k[i].name, (long long)ls[l]);
     }
     /* every type and level: the tile ferry_gemm_get picks matches the dot product it picks */
     for (size_t t = 0; t < sizeof weight_types / sizeof weight_types[0]; t++)
@@ -787,7 +802,7 @@ static void test_gemm_tiles(void) {
             ferry_vec_dot_get(weight_types[t], levels[l], &vd);
             CHECK(g.rows <= FERRY_GEMM_MAX_SIDE && g.cols <= FERRY_GEMM_MAX_SIDE && g.rows * g.cols <= FERRY_GEMM_MAX_TILE,
                   "%s tile too big", ferry_type_name(weight_types[t]));
-            CHECK(tile_matches_dot(weight_types[t], 288, g.tile, g.rows, g.cols, vd.dot, vd.from_f32),
+            CHECK(tile_matches_dot(weight_types[t], lcm_block(weight_types[t]) == 256 ? 768 : 288, g.tile, g.rows, g.cols, vd.dot, vd.from_f32),
                   "%s (%s): the picked tile differs from the picked dot product", ferry_type_name(weight_types[t]),
                   ferry_simd_level_name(levels[l]));
         }
@@ -835,6 +850,13 @@ static void test_gemm_path(void) {
         check_gemm_exact(types[i], 8192 + 96, 9, 6);    /* K chunks */
         check_gemm_exact(types[i], 64, 5, 40);          /* split along columns */
         check_gemm_exact(types[i], 256, 130, 130);      /* row blocks */
+    }
+    const enum ferry_type k_types[] = { FERRY_TYPE_Q4_K, FERRY_TYPE_Q6_K };
+    for (size_t i = 0; i < sizeof k_types / sizeof k_types[0]; i++) {
+        check_gemm_exact(k_types[i], 768, 37, 11);      /* row and column edges */
+        check_gemm_exact(k_types[i], 4096, 9, 7);       /* many super-blocks */
+        check_gemm_exact(k_types[i], 256, 5, 40);       /* split along columns */
+        check_gemm_exact(k_types[i], 256, 130, 130);    /* row blocks */
     }
 }
 

@@ -11,6 +11,8 @@ static bool tile_avx2(enum ferry_type t, struct ferry_gemm *out) {
     case FERRY_TYPE_Q8_0: out->tile = ferry_gemm_q8_0_avx2; break;
     case FERRY_TYPE_IQ4_NL: out->tile = ferry_gemm_iq4_nl_avx2; break;
     case FERRY_TYPE_MXFP4: out->tile = ferry_gemm_mxfp4_avx2; break;
+    case FERRY_TYPE_Q4_K: out->tile = ferry_gemm_q4_K_avx2; break;
+    case FERRY_TYPE_Q6_K: out->tile = ferry_gemm_q6_K_avx2; break;
     default: return false;
     }
     out->rows = 2;
@@ -18,15 +20,26 @@ static bool tile_avx2(enum ferry_type t, struct ferry_gemm *out) {
     return true;
 }
 
+/* The K-quants' tiles here reproduce their AVX2 dot products, which is
+ * what ferry_vec_dot_get gives them at this level too. */
 static bool tile_avx512(enum ferry_type t, struct ferry_gemm *out) {
     const bool vnni = ferry_vec_dot_vnni();
+    out->rows = 4;
+    out->cols = 6;
     switch (t) {
     case FERRY_TYPE_Q4_0: out->tile = vnni ? ferry_gemm_q4_0_avx512_vnni : ferry_gemm_q4_0_avx512; break;
     case FERRY_TYPE_Q8_0: out->tile = vnni ? ferry_gemm_q8_0_avx512_vnni : ferry_gemm_q8_0_avx512; break;
-    default: return false;
+    case FERRY_TYPE_Q4_K:
+        out->tile = vnni ? ferry_gemm_q4_K_avx512_vnni : ferry_gemm_q4_K_avx512;
+        out->rows = 2;
+        out->cols = 8;
+        break;
+    case FERRY_TYPE_Q6_K:
+        out->tile = vnni ? ferry_gemm_q6_K_avx512_vnni : ferry_gemm_q6_K_avx512;
+        out->cols = 8;
+        break;
+    default: out->rows = out->cols = 0; return false;
     }
-    out->rows = 4;
-    out->cols = 6;
     return true;
 }
 

@@ -38,11 +38,20 @@ void ferry_gemm_q4_0_avx2(int64_t n, const void *const *x, const void *const *y,
 void ferry_gemm_q8_0_avx2(int64_t n, const void *const *x, const void *const *y, float *out);
 void ferry_gemm_iq4_nl_avx2(int64_t n, const void *const *x, const void *const *y, float *out);
 void ferry_gemm_mxfp4_avx2(int64_t n, const void *const *x, const void *const *y, float *out);
+/* (gemm_k_avx2.c, 2 x 4) */
+void ferry_gemm_q4_K_avx2(int64_t n, const void *const *x, const void *const *y, float *out);
+void ferry_gemm_q6_K_avx2(int64_t n, const void *const *x, const void *const *y, float *out);
 
 /* ---- AVX-512 tiles (vecdot_avx512.c, 4 x 6); the _vnni ones need AVX512_VNNI */
 void ferry_gemm_q4_0_avx512(int64_t n, const void *const *x, const void *const *y, float *out);
 void ferry_gemm_q8_0_avx512(int64_t n, const void *const *x, const void *const *y, float *out);
 void ferry_gemm_q4_0_avx512_vnni(int64_t n, const void *const *x, const void *const *y, float *out);
 void ferry_gemm_q8_0_avx512_vnni(int64_t n, const void *const *x, const void *const *y, float *out);
+/* (gemm_k_avx512.c: Q4_K 2 x 8, Q6_K 4 x 8), reproducing the AVX2 dot
+ * products, the K-quants' only SIMD ones */
+void ferry_gemm_q4_K_avx512(int64_t n, const void *const *x, const void *const *y, float *out);
+void ferry_gemm_q6_K_avx512(int64_t n, const void *const *x, const void *const *y, float *out);
+void ferry_gemm_q4_K_avx512_vnni(int64_t n, const void *const *x, const void *const *y, float *out);
+void ferry_gemm_q6_K_avx512_vnni(int64_t n, const void *const *x, const void *const *y, float *out);
 
 #endif

@@ -19,6 +19,7 @@
 #include "tensor/fp16.h"
 #include "gemm.h"
 #include "vecdot.h"
+#include "vecdot_kscales.h"
 
 /* ---- the width layer of vecdot_impl.h: 8 f32 lanes ---------------------------- */
 
@@ -350,21 +351,6 @@ void ferry_vec_dot_iq4_nl_avx2(int64_t n, float *s, const void *x, const void *y
 void ferry_vec_dot_mxfp4_avx2(int64_t n, float *s, const void *x, const void *y) { vd_q8_dot(VD_MXFP4, false, n, s, x, y); }
 
 /* ---- K-quants against Q8_K ---------------------------------------------------- */
-
-/* The eight 6-bit scales (sc) and mins (m) of a Q4_K/Q5_K super-block
- * (docs/types.md 5.3), four at a time in 32-bit words: bytes 0-3 hold sc0-3,
- * 4-7 m0-3, 8-11 the low nibbles of sc4-7 and m4-7, and the top two bits
- * of bytes 0-7 complete sc4-7 and m4-7. */
-static inline void k4_scales(const uint8_t s[12], uint8_t sc[8], uint8_t m[8]) {
-    uint32_t u[3], out[4];
-    memcpy(u, s, 12);
-    out[0] = u[0] & 0x3f3f3f3f;
-    out[1] = (u[2] & 0x0f0f0f0f) | ((u[0] >> 6) & 0x03030303) << 4;
-    out[2] = u[1] & 0x3f3f3f3f;
-    out[3] = ((u[2] >> 4) & 0x0f0f0f0f) | ((u[1] >> 6) & 0x03030303) << 4;
-    memcpy(sc, out, 8);
-    memcpy(m, out + 2, 8);
-}
 
 /* Word k of w (eight i16 in the low 128 bits, duplicated in both lanes by
  * the caller) in every i16 lane of the low half, word k+1 in the high half. */
