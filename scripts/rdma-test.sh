@@ -10,6 +10,12 @@
 #                                     DIR holds ggml's source (DIR/ggml) and a GGML_NATIVE=OFF
 #                                     build of it with RDMA (DIR/build: targets ggml ggml-rpc
 #                                     ggml-cpu, see /work/shared/ggml/build.sh's flags)
+#   [RDMA_GGML=DIR] [RDMA_BEFORE=1] scripts/rdma-test.sh --blips
+#                                     transient loss the connections must survive (neighbour
+#                                     flush, veth down 300 ms / 3 s), ferry <-> ferry and, with
+#                                     RDMA_GGML, ferry client -> ggml server; then the detection
+#                                     time of a partition and of a killed server. RDMA_BEFORE=1:
+#                                     with the former ack timeout 14 / retry_cnt 6, to compare
 #   RDMA_TEST_TIMEOUT=SEC             bound on the guest run (default 540)
 # Inside the guest (rxe0 on veth0 198.18.0.1, rxe1 on veth1 198.18.0.2) it
 # runs tests/test_rdma with FERRY_TEST_RDMA=1, then again under a 4 MiB
@@ -127,6 +133,30 @@ model_in_guest() {
     return $rc
 }
 
+# In the guest: transient loss on the RDMA path (neighbour flush, veth0 down 300 ms and 3 s,
+# between requests and under 64 MiB transfers) that every connection must survive, for ferry
+# <-> ferry, ferry client -> ferry server in ggml framing and, with a ggml build, ferry client ->
+# ggml's rpc-server; then a partition and a killed server, whose detection times are printed.
+# RDMA_BEFORE=1 runs the same with the former queue pair timing (ack timeout 14, retry_cnt 6).
+blips_in_guest() {
+    local rc=0 gpid=
+    if [ "${RDMA_BEFORE:-}" = 1 ]; then export FERRY_RDMA_ACK_TIMEOUT=14 FERRY_RDMA_RETRY_CNT=6; fi
+    if [ -x "$dir/ggml-rpc-server" ]; then
+        "$dir/ggml-rpc-server" -H 198.18.0.2 -p 50072 -t 1 >/dev/null 2>&1 &
+        gpid=$!
+        for _ in $(seq 100); do (exec 3<>/dev/tcp/198.18.0.2/50072) 2>/dev/null && break; sleep 0.2; done
+    fi
+    timeout 240 "$dir/tests/test_rdma" --blips ${gpid:+198.18.0.2:50072} || rc=1
+    [ -n "$gpid" ] && { kill $gpid; wait $gpid 2>/dev/null || true; }
+    timeout 60 "$dir/tests/test_rdma" --partition || rc=1
+    timeout 60 "$dir/tests/test_rdma" --server-killed || rc=1
+    return $rc
+}
+
+if [ "${1:-}" = --blips-in-guest ]; then
+    blips_in_guest
+    exit
+fi
 if [ "${1:-}" = --bench-in-guest ]; then
     bench_in_guest
     exit
@@ -170,9 +200,15 @@ fi
 what=--in-guest targets=(test_rdma test_rdma_ggml ferry-cli)
 if [ "${1:-}" = --bench ]; then what=--bench-in-guest; fi
 if [ "${1:-}" = --table ]; then what=--table-in-guest; fi
+if [ "${1:-}" = --blips ]; then what=--blips-in-guest; fi
 bash scripts/deps.sh
 cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_WERROR=ON -DFERRY_RDMA=ON >/dev/null
 ninja -C "$dir" "${targets[@]}"
+if [ "$what" = --blips-in-guest ] && [ -d "${RDMA_GGML:-}/build/src/ggml-rpc" ]; then # ggml's server
+    gb=$RDMA_GGML/build/src
+    gcc -O2 -o "$dir/ggml-rpc-server" /work/shared/ggml/rpc-ref-server.c -I"$RDMA_GGML/ggml/include" -L"$gb" \
+        -L"$gb/ggml-rpc" -Wl,-rpath,"$gb" -Wl,-rpath,"$gb/ggml-rpc" -lggml -lggml-base -lggml-cpu -lggml-rpc
+fi
 if [ "$what" = --table-in-guest ]; then # ggml's RPC client and server, against ggml's own build
     [ -d "${RDMA_GGML:-}/build/src/ggml-rpc" ] || { echo "--table needs RDMA_GGML=DIR (see the header)"; exit 2; }
     gb=$RDMA_GGML/build/src
