@@ -133,8 +133,36 @@ model_in_guest() {
     return $rc
 }
 
-# In the guest: transient loss on the RDMA path (neighbour flush, veth0 down 300 ms and 3 s,
-# between requests and under 64 MiB transfers) that every connection must survive, for ferry
+# In the guest: the model run of model_in_guest with netem dropping $1 of the packets both ways on
+# the RDMA path for its first 10 s: the same text must come out.
+model_loss_in_guest() {
+    local m=$dir/model-20m.gguf args=(-p "The ferry crosses the river" -n 8 --temp 0 --no-progress -t 1)
+    local rc=0 spid t0
+    "$dir/ferry" serve -H 198.18.0.2 -p 50064 --transport rdma --log-level warn 2>/dev/null &
+    spid=$!
+    for _ in $(seq 50); do (exec 3<>/dev/tcp/198.18.0.2/50064) 2>/dev/null && break; sleep 0.2; done
+    [ -s "$dir/run-local.txt" ] || "$dir/ferry" run -m "$m" "${args[@]}" >"$dir/run-local.txt" 2>/dev/null || rc=1
+    tc qdisc add dev veth0 root netem loss "$1" && tc qdisc add dev veth1 root netem loss "$1" || rc=1
+    ( sleep 10; tc qdisc del dev veth0 root; tc qdisc del dev veth1 root ) &
+    local lpid=$!
+    t0=$EPOCHREALTIME
+    FERRY_RDMA_DEV=rxe0 timeout 120 "$dir/ferry" run -m "$m" --rpc 198.18.0.2:50064 --transport rdma "${args[@]}" \
+        >"$dir/run-loss.txt" 2>"$dir/run-loss.err" || rc=1
+    local took; took=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}')
+    wait $lpid || true
+    if [ $rc = 0 ] && cmp -s "$dir/run-local.txt" "$dir/run-loss.txt"; then
+        echo "figures: a model run split over RDMA with $1 packet loss for 10 s: same text as locally, $took s"
+    else
+        echo "FAIL: a model run with $1 packet loss (after $took s)"; tail -5 "$dir/run-loss.err"; rc=1
+    fi
+    kill $spid
+    wait $spid || true
+    return $rc
+}
+
+# In the guest: transient loss on the RDMA path (neighbour flush, veth0 down 300 ms and 3 s
+# between requests, every packet lost for 300 ms, 3 s, 6 s under 64 MiB transfers, 1 % and 10 %
+# lost for 10 s under a model run) that every connection must survive, for ferry
 # <-> ferry, ferry client -> ferry server in ggml framing and, with a ggml build, ferry client ->
 # ggml's rpc-server; then a partition and a killed server, whose detection times are printed.
 # RDMA_BEFORE=1 runs the same with the former queue pair timing (ack timeout 14, retry_cnt 6).
@@ -150,6 +178,10 @@ blips_in_guest() {
     [ -n "$gpid" ] && { kill $gpid; wait $gpid 2>/dev/null || true; }
     timeout 60 "$dir/tests/test_rdma" --partition || rc=1
     timeout 60 "$dir/tests/test_rdma" --server-killed || rc=1
+    if [ "${RDMA_BEFORE:-}" != 1 ]; then
+        model_loss_in_guest 1% || rc=1
+        model_loss_in_guest 10% || rc=1
+    fi
     return $rc
 }
 

@@ -911,11 +911,19 @@ static bool small_request(struct ferry_client *c, const char *what) {
                  err.msg);
 }
 
+#define BLACKOUT(t)                                                                                      \
+    "tc qdisc add dev veth0 root netem loss 100%; tc qdisc add dev veth1 root netem loss 100%; sleep " t \
+    "; tc qdisc del dev veth0 root; tc qdisc del dev veth1 root"
+
 /* What a live network does to a connection, between requests and under a
  * transfer: the neighbour cache flushed (the next packets wait for ARP),
- * veth0 down for 300 ms and for 3 s. The queue pair's retry budget (7
+ * veth0 down for 300 ms and 3 s between requests, every packet lost both
+ * ways for 300 ms, 3 s and 6 s under a transfer (a cable pulled beyond
+ * the switch: the hosts' links stay up). The queue pair's retry budget (7
  * tries of 1.07 s) covers each, so every transfer must finish with
- * correct bytes on the same connection. Needs root (ip). */
+ * correct bytes on the same connection. (veth0 taken down under a
+ * transfer is not among them: Soft-RoCE then finds no route and fails the
+ * work request locally, without a retry.) Needs root (ip, tc). */
 static void blips_against(const char *endpoint, const char *what) {
     static const struct {
         const char *name, *cmd;
@@ -925,9 +933,10 @@ static void blips_against(const char *endpoint, const char *what) {
         { "neighbours flushed under 64 MiB", "ip neigh flush all", true },
         { "veth0 down 300 ms between requests", "ip link set dev veth0 down; sleep 0.3; ip link set dev veth0 up",
           false },
-        { "veth0 down 300 ms under 64 MiB", "ip link set dev veth0 down; sleep 0.3; ip link set dev veth0 up",
-          true },
-        { "veth0 down 3 s under 64 MiB", "ip link set dev veth0 down; sleep 3; ip link set dev veth0 up", true },
+        { "veth0 down 3 s between requests", "ip link set dev veth0 down; sleep 3; ip link set dev veth0 up", false },
+        { "all packets lost 300 ms under 64 MiB", BLACKOUT("0.3"), true },
+        { "all packets lost 3 s under 64 MiB", BLACKOUT("3"), true },
+        { "all packets lost 6 s under 64 MiB", BLACKOUT("6"), true },
     };
     struct ferry_error err;
     struct ferry_client *c = NULL;

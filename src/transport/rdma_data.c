@@ -308,8 +308,12 @@ static int failed_completion(struct rdma_conn *r, const struct ibv_wc *wc, struc
                           ibv_wc_status_str(wc->status));
     }
     bool flushed = wc->status == IBV_WC_WR_FLUSH_ERR;
-    return ferry_fail(err, flushed ? FERRY_ERR_CLOSED : FERRY_ERR_IO, "%s: %s failed: %s", r->base.name, op,
-                      ibv_wc_status_str(wc->status));
+    bool local = wc->status == IBV_WC_LOC_QP_OP_ERR;
+    return ferry_fail(err, flushed ? FERRY_ERR_CLOSED : FERRY_ERR_IO, "%s: %s failed: %s%s", r->base.name, op,
+                      ibv_wc_status_str(wc->status),
+                      local ? " (this host's RDMA device could not send: its link is down or it has no route to "
+                              "the peer)"
+                            : "");
 }
 
 /* Reaps what has completed: receives join the ready queue, sends free
