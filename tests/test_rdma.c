@@ -18,7 +18,10 @@
  *
  * `test_rdma --mtu-mismatch` is the part scripts/rdma-test.sh runs again
  * after giving veth0 a 9000-byte MTU (veth1 keeps 1500): a 64 MiB transfer
- * must not hang. */
+ * must not hang. `test_rdma --blips [ENDPOINT]` (scripts/rdma-test.sh
+ * --blips) puts transient loss on the RDMA path that every connection must
+ * survive; `--partition` and `--server-killed` print how long a real loss
+ * takes to be noticed. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
