@@ -161,7 +161,7 @@ model_loss_in_guest() {
 }
 
 # In the guest: transient loss on the RDMA path (neighbour flush, veth0 down 300 ms and 3 s
-# between requests, every packet lost for 300 ms, 3 s, 6 s under 64 MiB transfers, 1 % and 10 %
+# between requests, every packet lost for 300 ms and 3 s under 64 MiB transfers, 1 % and 10 %
 # lost for 10 s under a model run) that every connection must survive, for ferry
 # <-> ferry, ferry client -> ferry server in ggml framing and, with a ggml build, ferry client ->
 # ggml's rpc-server; then a partition and a killed server, whose detection times are printed.
