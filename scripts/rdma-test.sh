@@ -10,6 +10,12 @@
 #                                     DIR holds ggml's source (DIR/ggml) and a GGML_NATIVE=OFF
 #                                     build of it with RDMA (DIR/build: targets ggml ggml-rpc
 #                                     ggml-cpu, see /work/shared/ggml/build.sh's flags)
+#   [RDMA_GGML=DIR] [RDMA_BEFORE=1] scripts/rdma-test.sh --blips
+#                                     transient loss the connections must survive (neighbour
+#                                     flush, veth down 300 ms / 3 s), ferry <-> ferry and, with
+#                                     RDMA_GGML, ferry client -> ggml server; then the detection
+#                                     time of a partition and of a killed server. RDMA_BEFORE=1:
+#                                     with the former ack timeout 14 / retry_cnt 6, to compare
 #   RDMA_TEST_TIMEOUT=SEC             bound on the guest run (default 540)
 # Inside the guest (rxe0 on veth0 198.18.0.1, rxe1 on veth1 198.18.0.2) it
 # runs tests/test_rdma with FERRY_TEST_RDMA=1, then again under a 4 MiB
@@ -127,6 +133,62 @@ model_in_guest() {
     return $rc
 }
 
+# In the guest: the model run of model_in_guest with netem dropping $1 of the packets both ways on
+# the RDMA path for its first 10 s: the same text must come out.
+model_loss_in_guest() {
+    local m=$dir/model-20m.gguf args=(-p "The ferry crosses the river" -n 8 --temp 0 --no-progress -t 1)
+    local rc=0 spid t0
+    "$dir/ferry" serve -H 198.18.0.2 -p 50064 --transport rdma --log-level warn 2>/dev/null &
+    spid=$!
+    for _ in $(seq 50); do (exec 3<>/dev/tcp/198.18.0.2/50064) 2>/dev/null && break; sleep 0.2; done
+    [ -s "$dir/run-local.txt" ] || "$dir/ferry" run -m "$m" "${args[@]}" >"$dir/run-local.txt" 2>/dev/null || rc=1
+    tc qdisc add dev veth0 root netem loss "$1" && tc qdisc add dev veth1 root netem loss "$1" || rc=1
+    ( sleep 10; tc qdisc del dev veth0 root; tc qdisc del dev veth1 root ) &
+    local lpid=$!
+    t0=$EPOCHREALTIME
+    FERRY_RDMA_DEV=rxe0 timeout 120 "$dir/ferry" run -m "$m" --rpc 198.18.0.2:50064 --transport rdma "${args[@]}" \
+        >"$dir/run-loss.txt" 2>"$dir/run-loss.err" || rc=1
+    local took; took=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}')
+    wait $lpid || true
+    if [ $rc = 0 ] && cmp -s "$dir/run-local.txt" "$dir/run-loss.txt"; then
+        echo "figures: a model run split over RDMA with $1 packet loss for 10 s: same text as locally, $took s"
+    else
+        echo "FAIL: a model run with $1 packet loss (after $took s)"; tail -5 "$dir/run-loss.err"; rc=1
+    fi
+    kill $spid
+    wait $spid || true
+    return $rc
+}
+
+# In the guest: transient loss on the RDMA path (neighbour flush, veth0 down 300 ms and 3 s
+# between requests, every packet lost for 300 ms and 3 s under 64 MiB transfers, 1 % and 10 %
+# lost for 10 s under a model run) that every connection must survive, for ferry
+# <-> ferry, ferry client -> ferry server in ggml framing and, with a ggml build, ferry client ->
+# ggml's rpc-server; then a partition and a killed server, whose detection times are printed.
+# RDMA_BEFORE=1 runs the same with the former queue pair timing (ack timeout 14, retry_cnt 6).
+blips_in_guest() {
+    local rc=0 gpid=
+    if [ "${RDMA_BEFORE:-}" = 1 ]; then export FERRY_RDMA_ACK_TIMEOUT=14 FERRY_RDMA_RETRY_CNT=6; fi
+    if [ -x "$dir/ggml-rpc-server" ]; then
+        "$dir/ggml-rpc-server" -H 198.18.0.2 -p 50072 -t 1 >/dev/null 2>&1 &
+        gpid=$!
+        for _ in $(seq 100); do (exec 3<>/dev/tcp/198.18.0.2/50072) 2>/dev/null && break; sleep 0.2; done
+    fi
+    timeout 240 "$dir/tests/test_rdma" --blips ${gpid:+198.18.0.2:50072} || rc=1
+    [ -n "$gpid" ] && { kill $gpid; wait $gpid 2>/dev/null || true; }
+    timeout 60 "$dir/tests/test_rdma" --partition || rc=1
+    timeout 60 "$dir/tests/test_rdma" --server-killed || rc=1
+    if [ "${RDMA_BEFORE:-}" != 1 ]; then
+        model_loss_in_guest 1% || rc=1
+        model_loss_in_guest 10% || rc=1
+    fi
+    return $rc
+}
+
+if [ "${1:-}" = --blips-in-guest ]; then
+    blips_in_guest
+    exit
+fi
 if [ "${1:-}" = --bench-in-guest ]; then
     bench_in_guest
     exit
@@ -170,9 +232,15 @@ fi
 what=--in-guest targets=(test_rdma test_rdma_ggml ferry-cli)
 if [ "${1:-}" = --bench ]; then what=--bench-in-guest; fi
 if [ "${1:-}" = --table ]; then what=--table-in-guest; fi
+if [ "${1:-}" = --blips ]; then what=--blips-in-guest; fi
 bash scripts/deps.sh
 cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_WERROR=ON -DFERRY_RDMA=ON >/dev/null
 ninja -C "$dir" "${targets[@]}"
+if [ "$what" = --blips-in-guest ] && [ -d "${RDMA_GGML:-}/build/src/ggml-rpc" ]; then # ggml's server
+    gb=$RDMA_GGML/build/src
+    gcc -O2 -o "$dir/ggml-rpc-server" /work/shared/ggml/rpc-ref-server.c -I"$RDMA_GGML/ggml/include" -L"$gb" \
+        -L"$gb/ggml-rpc" -Wl,-rpath,"$gb" -Wl,-rpath,"$gb/ggml-rpc" -lggml -lggml-base -lggml-cpu -lggml-rpc
+fi
 if [ "$what" = --table-in-guest ]; then # ggml's RPC client and server, against ggml's own build
     [ -d "${RDMA_GGML:-}/build/src/ggml-rpc" ] || { echo "--table needs RDMA_GGML=DIR (see the header)"; exit 2; }
     gb=$RDMA_GGML/build/src

@@ -18,7 +18,10 @@
  *
  * `test_rdma --mtu-mismatch` is the part scripts/rdma-test.sh runs again
  * after giving veth0 a 9000-byte MTU (veth1 keeps 1500): a 64 MiB transfer
- * must not hang. */
+ * must not hang. `test_rdma --blips [ENDPOINT]` (scripts/rdma-test.sh
+ * --blips) puts transient loss on the RDMA path that every connection must
+ * survive; `--partition` and `--server-killed` print how long a real loss
+ * takes to be noticed. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -843,9 +846,10 @@ static void test_memlock(void) {
 /* ---- a partition: the RDMA path fails while TCP (over lo) stays up ------------------ */
 
 /* Only the queue pair can tell: the liveness socket is fine. The sender's
- * retries run out (timeout 14, retry_cnt 6: about half a second), its completion
- * fails, and the client gets an error; the server drops that connection
- * and goes on serving. Needs root (tc, ip link). */
+ * retries run out (7 tries of 1.07 s: 7.5 s or a little more), its
+ * completion fails, and the client gets an error that names the peer and
+ * says the RDMA path, not the peer, was lost; the server drops that
+ * connection and goes on serving. Needs root (tc, ip link). */
 static void test_partition(void) {
     struct test_server ts;
     if (!server_start(&ts, SERVER_IP, FERRY_TRANSPORT_RDMA)) return;
@@ -870,8 +874,10 @@ static void test_partition(void) {
             int rc = ferry_client_set_tensor(c, &t, 0, p, n, &err);
             if (rc == FERRY_OK) rc = ferry_client_get_tensor(c, &t, 0, p, n, &err);
             double took = now_s() - t0;
-            CHECK(rc != FERRY_OK && took < 10, "the transfer across the partition fails after %.2f s: %s", took,
+            CHECK(rc != FERRY_OK && took < 30, "the transfer across the partition fails after %.2f s: %s", took,
                   rc ? err.msg : "no error");
+            CHECK(rc != FERRY_OK && strstr(err.msg, SERVER_IP) && strstr(err.msg, "RDMA path lost"),
+                  "the error names the peer and what was lost: %s", rc ? err.msg : "no error");
             printf("  partition (%s): the client's transfer failed after %.2f s: %s\n",
                    netem ? "all packets dropped" : "link down", took, rc ? err.msg : "-");
             CHECK(system(netem ? "tc qdisc del dev veth0 root" : "ip link set dev veth0 up") == 0, "veth0 back");
@@ -886,6 +892,93 @@ static void test_partition(void) {
         ferry_client_close(c);
     }
     test_server_stop(&ts);
+}
+
+/* ---- transient loss: the connection rides it out ------------------------------------ */
+
+/* Runs cmd (sh -c) after delay_us in a child process; returns its pid. */
+static pid_t later(const char *cmd, unsigned delay_us) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        usleep(delay_us);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static bool small_request(struct ferry_client *c, const char *what) {
+    struct ferry_error err;
+    uint32_t n = 0;
+    return CHECK(ferry_client_device_count(c, &n, &err) == FERRY_OK && n >= 1, "%s: a small request: %s", what,
+                 err.msg);
+}
+
+#define BLACKOUT(t)                                                                                      \
+    "tc qdisc add dev veth0 root netem loss 100%; tc qdisc add dev veth1 root netem loss 100%; sleep " t \
+    "; tc qdisc del dev veth0 root; tc qdisc del dev veth1 root"
+
+/* What a live network does to a connection, between requests and under a
+ * transfer: the neighbour cache flushed (the next packets wait for ARP),
+ * veth0 down for 300 ms and 3 s between requests, every packet lost both
+ * ways for 300 ms and 3 s under a transfer (a cable pulled beyond
+ * the switch: the hosts' links stay up). The queue pair's retry budget (7
+ * tries of 1.07 s) covers each, so every transfer must finish with
+ * correct bytes on the same connection. (veth0 taken down under a
+ * transfer is not among them: Soft-RoCE then finds no route and fails the
+ * work request locally, without a retry.) Needs root (ip, tc). */
+static void blips_against(const char *endpoint, const char *what) {
+    static const struct {
+        const char *name, *cmd;
+        bool during; /* under a 64 MiB transfer, else between two requests */
+    } blips[] = {
+        { "neighbours flushed between requests", "ip neigh flush all", false },
+        { "neighbours flushed under 64 MiB", "ip neigh flush all", true },
+        { "veth0 down 300 ms between requests", "ip link set dev veth0 down; sleep 0.3; ip link set dev veth0 up",
+          false },
+        { "veth0 down 3 s between requests", "ip link set dev veth0 down; sleep 3; ip link set dev veth0 up", false },
+        { "all packets lost 300 ms under 64 MiB", BLACKOUT("0.3"), true },
+        { "all packets lost 3 s under 64 MiB", BLACKOUT("3"), true },
+    };
+    struct ferry_error err;
+    struct ferry_client *c = NULL;
+    if (!CHECK(client_open(endpoint, FERRY_TRANSPORT_RDMA, CLIENT_DEV, &c, &err) == FERRY_OK, "%s: connect: %s",
+               what, err.msg))
+        return;
+    char line[512];
+    printf("  %s: %s\n", what, ferry_client_transport(c, line, sizeof line) ? line : "?");
+    for (size_t i = 0; i < sizeof blips / sizeof blips[0]; i++) {
+        if (!small_request(c, blips[i].name)) break;
+        double t0 = now_s();
+        pid_t pid = -1;
+        if (blips[i].during) pid = later(blips[i].cmd, 150000);
+        else CHECK(system(blips[i].cmd) == 0, "%s", blips[i].cmd);
+        double t1 = now_s();
+        bool ok = big_roundtrip(c, blips[i].during ? 64 * MIB : 4 * MIB, 40 + i, NULL, NULL);
+        if (pid > 0) waitpid(pid, NULL, 0);
+        ok = ok && small_request(c, blips[i].name);
+        CHECK(ok && !ferry_client_is_broken(c), "%s, %s: the connection survives", what, blips[i].name);
+        printf("figures: %s, %s: %s, the transfer took %.2f s\n", what, blips[i].name, ok ? "survived" : "FAILED",
+               now_s() - t1 + (blips[i].during ? t1 - t0 : 0));
+        if (!ok) break;
+    }
+    ferry_client_close(c);
+}
+
+/* test_rdma --blips [ENDPOINT]: against a ferry server in ferry framing
+ * and one in ggml framing (in this process), and against ENDPOINT (a
+ * ggml rpc-server on rxe1, from scripts/rdma-test.sh) when given. */
+static void test_blips(const char *ggml_endpoint) {
+    if (system("ip link set dev veth0 up; tc qdisc del dev veth0 root 2>/dev/null")) {} /* a clean start */
+    for (int ggml = 0; ggml < 2; ggml++) {
+        struct test_server ts;
+        if (!server_start_as(&ts, SERVER_IP, FERRY_TRANSPORT_RDMA, ggml)) continue;
+        blips_against(ts.endpoint, ggml ? "ferry client -> ferry server (ggml framing)"
+                                         : "ferry client <-> ferry server");
+        test_server_stop(&ts);
+    }
+    if (ggml_endpoint) blips_against(ggml_endpoint, "ferry client -> ggml rpc-server");
+    if (system("ip link set dev veth0 up")) {}
 }
 
 int main(int argc, char **argv) {
@@ -916,6 +1009,14 @@ int main(int argc, char **argv) {
     }
     if (argc >= 2 && strcmp(argv[1], "--partition") == 0) {
         test_partition();
+        return test_summary();
+    }
+    if (argc >= 2 && strcmp(argv[1], "--blips") == 0) {
+        test_blips(argc >= 3 ? argv[2] : NULL);
+        return test_summary();
+    }
+    if (argc >= 2 && strcmp(argv[1], "--server-killed") == 0) {
+        test_server_killed();
         return test_summary();
     }
     if (argc >= 2 && strcmp(argv[1], "--mtu-mismatch") == 0) {

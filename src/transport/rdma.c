@@ -7,7 +7,7 @@
  *   caps      24 bytes: qpn u32le (0 = no RDMA), psn u32le, raw GID (16);
  *   queue     RC; INIT (port, pkey 0, remote write/read + local write),
  *             RTR (path MTU, peer qpn/psn, GRH to the peer's GID),
- *             RTS (timeout 14, retry_cnt 7, rnr_retry 7);
+ *             RTS (ggml: timeout 14, retry_cnt 7, rnr_retry 7; ferry: to_rts);
  *   framing   two-sided SEND only: every header part is one SEND, the
  *             payload SENDs of at most 256 KiB; receive buffers of 256 KiB;
  *   liveness  the TCP socket stays open and idle; it closing means the
@@ -555,28 +555,55 @@ static void describe_update(struct rdma_conn *r) {
 
 /* The liveness socket carries nothing once RDMA runs, so a peer host that
  * vanishes (power, cable) without closing it would go unnoticed while the
- * queue pair is idle: TCP keepalive probes it, ~8 s to notice. */
+ * queue pair is idle: TCP keepalive probes it. A probe every second after
+ * 3 s of silence, 6 unanswered ones to give up: the peer is declared dead
+ * 9 s after it went silent, and a loss of up to ~5 s on the TCP path
+ * (an answered probe resets the count) is survived. */
 static void keepalive(int fd) {
-    int on = 1, idle = 5, intvl = 1, cnt = 3;
+    int on = 1, idle = KEEPALIVE_IDLE_S, intvl = KEEPALIVE_INTVL_S, cnt = KEEPALIVE_CNT;
     setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
 }
 
-/* RTR -> RTS; from here on every byte goes over the queue pair. retry_cnt
- * is 6, not ggml's 7: Soft-RoCE takes 7 to mean "retry forever" (as the
- * spec says only of rnr_retry), and then a lost peer never fails a send;
- * 6 retries of ~67 ms (timeout 14) give up within about half a second. */
+/* $NAME as an integer in [lo, hi], else def. */
+static int env_int(const char *name, int lo, int hi, int def) {
+    const char *s = getenv(name);
+    if (!s || !*s) return def;
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*end || v < lo || v > hi) {
+        ferry_log_warn("$%s=%s: expected %d..%d, using %d", name, s, lo, hi, def);
+        return def;
+    }
+    return (int)v;
+}
+
+/* RTR -> RTS; from here on every byte goes over the queue pair.
+ *
+ * The retry budget: a send is retried when no acknowledgement came within
+ * the ack timeout (4.096 us * 2^ACK_TIMEOUT: 1.07 s), RETRY_CNT times
+ * (6), so the queue pair fails a send only after 7 tries over at least
+ * 7.5 s without an acknowledgement. That rides out what a live network
+ * does (an ARP/ND refresh, a link flap, a switch reconverging, a pause
+ * storm); a dead peer is told by the liveness socket instead (it closes,
+ * or keepalive gives up). retry_cnt is 6, not ggml's 7: Soft-RoCE takes 7
+ * to mean "retry forever" (as the spec says only of rnr_retry), and then
+ * a partition that leaves TCP up would never fail a send. Both can be
+ * overridden ($FERRY_RDMA_ACK_TIMEOUT, $FERRY_RDMA_RETRY_CNT) to measure
+ * other budgets. */
 static int to_rts(struct rdma_conn *r, enum rdma_state state, struct ferry_error *err) {
     struct ibv_qp_attr qa = {
         .qp_state = IBV_QPS_RTS,
-        .timeout = 14,
-        .retry_cnt = 6,
+        .timeout = (uint8_t)env_int("FERRY_RDMA_ACK_TIMEOUT", 1, 31, ACK_TIMEOUT),
+        .retry_cnt = (uint8_t)env_int("FERRY_RDMA_RETRY_CNT", 0, 7, RETRY_CNT),
         .rnr_retry = 7,
         .sq_psn = r->psn,
         .max_rd_atomic = 1,
     };
+    r->ack_timeout = qa.timeout;
+    r->retry_cnt = qa.retry_cnt;
     int e = ibv_modify_qp(r->qp, &qa,
                           IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_SQ_PSN |
                               IBV_QP_MAX_QP_RD_ATOMIC);

@@ -287,6 +287,35 @@ static int on_recv(struct rdma_conn *r, const struct ibv_wc *wc, struct ferry_er
     return rc;
 }
 
+static int check_liveness(struct rdma_conn *r, struct ferry_error *err);
+
+/* A work completion with an error ends the connection. Whether the peer
+ * is gone is the liveness socket's to say, not the queue pair's: retries
+ * run out on a live peer too, when the RDMA path loses every packet for
+ * longer than the retry budget while TCP still gets through. */
+static int failed_completion(struct rdma_conn *r, const struct ibv_wc *wc, struct ferry_error *err) {
+    r->broken = true;
+    const char *op = wc->wr_id & SEND_TAG ? "send" : "receive";
+    int rc = check_liveness(r, err);
+    if (rc) return rc; /* it closed: the peer left, and that is the news */
+    if (wc->status == IBV_WC_RETRY_EXC_ERR || wc->status == IBV_WC_RNR_RETRY_EXC_ERR) {
+        double try_s = 4.096e-6 * (double)(1ull << r->ack_timeout);
+        return ferry_fail(err, FERRY_ERR_CLOSED,
+                          "%s: RDMA path lost: no acknowledgement for %u tries of %.2f s (at least %.1f s) "
+                          "while the peer's TCP connection is still up; the peer may be alive but its queue "
+                          "pair is unreachable (%s: %s)",
+                          r->base.name, r->retry_cnt + 1u, try_s, try_s * (r->retry_cnt + 1u), op,
+                          ibv_wc_status_str(wc->status));
+    }
+    bool flushed = wc->status == IBV_WC_WR_FLUSH_ERR;
+    bool local = wc->status == IBV_WC_LOC_QP_OP_ERR;
+    return ferry_fail(err, flushed ? FERRY_ERR_CLOSED : FERRY_ERR_IO, "%s: %s failed: %s%s", r->base.name, op,
+                      ibv_wc_status_str(wc->status),
+                      local ? " (this host's RDMA device could not send: its link is down or it has no route to "
+                              "the peer)"
+                            : "");
+}
+
 /* Reaps what has completed: receives join the ready queue, sends free
  * their slot. Returns how many completions it took, or an error. */
 static int reap(struct rdma_conn *r, struct ferry_error *err) {
@@ -297,14 +326,7 @@ static int reap(struct rdma_conn *r, struct ferry_error *err) {
         if (n < 0) return broken(r, FERRY_ERR_IO, err, "ibv_poll_cq failed");
         r->base.stats.completions += (uint64_t)n;
         for (int i = 0; i < n; i++) {
-            if (wc[i].status != IBV_WC_SUCCESS) {
-                r->broken = true;
-                bool gone = wc[i].status == IBV_WC_RETRY_EXC_ERR || wc[i].status == IBV_WC_RNR_RETRY_EXC_ERR ||
-                            wc[i].status == IBV_WC_WR_FLUSH_ERR;
-                return ferry_fail(err, gone ? FERRY_ERR_CLOSED : FERRY_ERR_IO, "%s: %s failed: %s%s",
-                                  r->base.name, wc[i].wr_id & SEND_TAG ? "send" : "receive",
-                                  ibv_wc_status_str(wc[i].status), gone ? " (the peer is gone)" : "");
-            }
+            if (wc[i].status != IBV_WC_SUCCESS) return failed_completion(r, &wc[i], err);
             if (wc[i].wr_id & SEND_TAG) {
                 unsigned slot = (unsigned)(wc[i].wr_id & 0xffff);
                 if (slot < TX_SLOTS) r->tx_busy[slot] = false;

@@ -29,6 +29,11 @@
 #define DRAIN_MS 1000             /* at close: how long queued SENDs may take to leave */
 #define DEFAULT_WRITE_MIN (1u << 20) /* payloads from here on move by RDMA WRITE (ferry mode) */
 #define MAX_WRITE (1u << 30)      /* one WRITE work request at most */
+#define ACK_TIMEOUT 18            /* 4.096 us * 2^18 = 1.07 s per try (rdma.c: to_rts) */
+#define RETRY_CNT 6               /* retries after the first try: 7 tries, >= 7.5 s */
+#define KEEPALIVE_IDLE_S 3        /* the liveness socket: silence before the first probe */
+#define KEEPALIVE_INTVL_S 1       /* between probes */
+#define KEEPALIVE_CNT 6           /* unanswered probes to give up: dead 9 s after silence */
 
 /* The data path, once HELLO is done. */
 enum rdma_state {
@@ -109,6 +114,7 @@ struct rdma_conn {
     uint32_t max_inline;
     uint32_t max_msg;
     uint32_t psn;
+    uint8_t ack_timeout, retry_cnt; /* as set at RTS, for the message when they run out */
 
     uint32_t peer_qpn, peer_psn;
     union ibv_gid peer_gid;
