@@ -12,14 +12,19 @@
 # client sent at load as a share of the model.
 #   bench/model-load.sh [SIZE...]        default: 1G 4G; e.g. bench/model-load.sh 200M
 # Env: FERRY_BENCH_PORT (default 50172), THREADS (each side, default 1),
-# ROUNDS (default 3), FERRY_BUILD (default build). Models are generated once
-# into $FERRY_BUILD/ (about 25 s per GB); progress goes to stderr.
+# ROUNDS (default 3), FERRY_BUILD (default build), FERRY_BENCH_HOST (the
+# server's address, default 127.0.0.1; scripts/rdma-test.sh --load uses the
+# Soft-RoCE guest's RDMA link), FERRY_BENCH_RUN_ARGS (more `ferry run`
+# options, e.g. --transport rdma). Models are generated once into
+# $FERRY_BUILD/ (about 25 s per GB); progress goes to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/ports.sh
 build=${FERRY_BUILD:-build}
 ferry=./$build/ferry
 port=${FERRY_BENCH_PORT:-50172}
+host=${FERRY_BENCH_HOST:-127.0.0.1}
+read -r -a run_args <<<"${FERRY_BENCH_RUN_ARGS:-}"
 threads=${THREADS:-1}
 rounds=${ROUNDS:-3}
 sizes=("$@")
@@ -39,12 +44,12 @@ stop_server() {
 }
 trap 'stop_server; rm -rf "$tmp"' EXIT
 start_server() {
-    "$ferry" serve -H 127.0.0.1 -p "$port" -t "$threads" --log-level warn "$@" 2>"$tmp/serve.log" &
+    "$ferry" serve -H "$host" -p "$port" -t "$threads" --log-level warn "$@" 2>"$tmp/serve.log" &
     server=$!
     # indexing a model or opening a cache happens before the port opens
     for _ in $(seq 600); do
         kill -0 "$server" 2>/dev/null || { cat "$tmp/serve.log" >&2; echo "model-load.sh: ferry serve exited" >&2; exit 1; }
-        port_in_use "$port" && return 0
+        (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null && return 0
         sleep 0.1
     done
     echo "model-load.sh: ferry serve did not start listening in 60 s" >&2
@@ -81,7 +86,7 @@ w, s, lw, mb = float('$2'), int('$3'), float('$4'), int('$5')
 print(f'| $size | $1 | {w:.2f} s | {w / lw:.2f}x | {s / 1048576:.1f} MiB | {100 * s / mb:.2f} % |')"
 }
 
-echo "ferry run -n 1, $threads thread(s) each side, best of $rounds, loopback"
+echo "ferry run -n 1, $threads thread(s) each side, best of $rounds, server at $host ${run_args[*]}"
 echo
 echo "| model | case | wall | vs local | client sent at load | of the model |"
 echo "|---|---|---:|---:|---:|---:|"
@@ -98,20 +103,20 @@ for size in "${sizes[@]}"; do
     row local "$lw" 0 "$lw" "$bytes"
     step "$size: cold (every weight sent)"
     start_server
-    read -r w s < <(best_of --rpc "127.0.0.1:$port")
+    read -r w s < <(best_of --rpc "$host:$port" "${run_args[@]}")
     stop_server
     row cold "$w" "$s" "$lw" "$bytes"
     step "$size: server holding the file (indexing it first)"
     start_server --model "$model"
-    read -r w s < <(best_of --rpc "127.0.0.1:$port")
+    read -r w s < <(best_of --rpc "$host:$port" "${run_args[@]}")
     stop_server
     row holding "$w" "$s" "$lw" "$bytes"
     step "$size: second load through the server's cache"
     rm -rf "$tmp/cache"
     start_server -c "$tmp/cache"
-    run_once --rpc "127.0.0.1:$port" >/dev/null
+    run_once --rpc "$host:$port" "${run_args[@]}" >/dev/null
     sleep 1 # the cache writes on its own thread
-    read -r w s < <(best_of --rpc "127.0.0.1:$port")
+    read -r w s < <(best_of --rpc "$host:$port" "${run_args[@]}")
     stop_server
     row cache "$w" "$s" "$lw" "$bytes"
 done

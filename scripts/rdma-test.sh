@@ -4,6 +4,7 @@
 # Needs root (the harness installs qemu and boots the guest).
 #   scripts/rdma-test.sh              build, boot the guest, run the suite and the bench
 #   scripts/rdma-test.sh --bench      only ferry bench rpc over RDMA and idle CPU, in the guest
+#   scripts/rdma-test.sh --load       only bench/model-load.sh over RDMA (RDMA_LOAD_SIZE, default 200M)
 #   RDMA_GGML=DIR scripts/rdma-test.sh --table
 #                                     small-request round trips, RDMA against TCP, for every
 #                                     pair of ggml and ferry client and server, in one guest run;
@@ -185,8 +186,19 @@ blips_in_guest() {
     return $rc
 }
 
+# In the guest: bench/model-load.sh over RDMA (server on rxe1, client on rxe0): a fresh
+# `ferry run -n 1` locally, against a cold server, one holding the file, and through the cache.
+load_in_guest() {
+    FERRY_BUILD=$dir FERRY_BENCH_HOST=198.18.0.2 FERRY_BENCH_RUN_ARGS="--transport rdma" FERRY_RDMA_DEV=rxe0 \
+        ROUNDS=${ROUNDS:-2} bash bench/model-load.sh "${RDMA_LOAD_SIZE:-200M}"
+}
+
 if [ "${1:-}" = --blips-in-guest ]; then
     blips_in_guest
+    exit
+fi
+if [ "${1:-}" = --load-in-guest ]; then
+    load_in_guest
     exit
 fi
 if [ "${1:-}" = --bench-in-guest ]; then
@@ -233,6 +245,7 @@ what=--in-guest targets=(test_rdma test_rdma_ggml ferry-cli)
 if [ "${1:-}" = --bench ]; then what=--bench-in-guest; fi
 if [ "${1:-}" = --table ]; then what=--table-in-guest; fi
 if [ "${1:-}" = --blips ]; then what=--blips-in-guest; fi
+if [ "${1:-}" = --load ]; then what=--load-in-guest; fi
 bash scripts/deps.sh
 cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_WERROR=ON -DFERRY_RDMA=ON >/dev/null
 ninja -C "$dir" "${targets[@]}"
@@ -278,6 +291,10 @@ int main(int argc, char **argv) {
 EOF
 fi
 [ -f "$dir/model-20m.gguf" ] || "$dir/ferry" gen-model -o "$dir/model-20m.gguf" --size 20M --type q8_0 >/dev/null
+if [ "$what" = --load-in-guest ]; then
+    m=$dir/bench-load-${RDMA_LOAD_SIZE:-200M}-q8_0.gguf
+    [ -f "$m" ] || "$dir/ferry" gen-model -o "$m" --size "${RDMA_LOAD_SIZE:-200M}" --type q8_0 --no-progress >/dev/null
+fi
 if [ "$what" = --in-guest ]; then # the same tests under the sanitizers (scripts/test.sh --sanitize's tree)
     CC=clang cmake -S . -B build-asan -G Ninja -DFERRY_WERROR=ON -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON \
         -DFERRY_RDMA=ON >/dev/null
