@@ -660,6 +660,16 @@ static int child_server(void) {
 
 static void test_client_killed(struct test_server *ts) {
     struct ferry_server_stats before, after;
+    /* connections of the tests before may still be closing: wait until
+     * the count holds still for half a second (10 s at most), so that the
+     * child's close is the only change measured below */
+    ferry_server_get_stats(ts->s, &before);
+    double settle = now_s(), still = now_s();
+    while (now_s() - settle < 10 && now_s() - still < 0.5) {
+        usleep(20000);
+        ferry_server_get_stats(ts->s, &after);
+        if (after.conns_open != before.conns_open) before = after, still = now_s();
+    }
     ferry_server_get_stats(ts->s, &before);
     char *argv[] = { (char *)self_exe, "--child-client", ts->endpoint, NULL };
     pid_t pid = spawn(argv);
