@@ -390,19 +390,6 @@ static void forget(struct ferry_cache *c, uint64_t hash, bool unlink_file) {
     if (e) drop(c, e, unlink_file);
 }
 
-/* Reads n bytes of fd into dst: one copy, page cache to tensor memory. */
-static bool read_all(int fd, uint8_t *dst, uint64_t n) {
-    uint64_t done = 0;
-    while (done < n) {
-        size_t want = n - done > IO_CHUNK ? IO_CHUNK : (size_t)(n - done);
-        ssize_t r = pread(fd, dst + done, want, (off_t)done);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) return false;
-        done += (uint64_t)r;
-    }
-    return true;
-}
-
 /* A file not verified since it last changed is mapped and re-hashed before
  * a byte of it reaches tensor memory, so a corrupt file never overwrites
  * what the client had there; one verified and unchanged since is read
@@ -423,7 +410,7 @@ int ferry_cache_load(struct ferry_cache *c, uint64_t hash, void *dst, uint64_t n
         pthread_mutex_unlock(&c->lock);
         if (known) {
             posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-            ok = read_all(fd, dst, n);
+            ok = ferry_pread_all(fd, dst, n, 0); /* one copy, page cache to tensor memory */
         } else {
             pthread_mutex_lock(&c->lock);
             c->rehashes++;

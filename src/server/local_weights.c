@@ -383,24 +383,14 @@ static bool unchanged(const struct lw_file *f) {
            (uint64_t)st.st_size == f->size && ns_of(st.st_mtim) == f->mtime_ns && ns_of(st.st_ctim) == f->ctime_ns;
 }
 
-/* Reads entry (of file f) into dst, checking f before and after: a write
- * to the file in between shows as a new mtime/ctime, and the bytes read
- * are not used. A failure retires the file. */
-static int read_entry(struct ferry_local_weights *lw, struct lw_file *f, struct lw_entry entry, void *dst) {
-    bool ok = unchanged(f);
-    uint8_t *p = dst;
-    for (uint64_t done = 0; ok && done < entry.size;) {
-        const size_t want = entry.size - done > IO_CHUNK ? IO_CHUNK : (size_t)(entry.size - done);
-        ssize_t r = pread(f->fd, p + done, want, (off_t)(entry.offset + done));
-        if (r < 0 && errno == EINTR) continue;
-        ok = r > 0;
-        if (ok) done += (uint64_t)r;
-    }
-    ok = ok && unchanged(f);
+/* After a read or a mapping: counts the hit, or retires the file (a file
+ * that changed, or cannot be read, is never served again). */
+static int settle(struct ferry_local_weights *lw, struct lw_file *f, bool ok, uint64_t served, uint64_t mapped) {
     pthread_mutex_lock(&lw->lock);
     if (ok) {
         lw->stats.hits++;
-        lw->stats.bytes_served += entry.size;
+        lw->stats.bytes_served += served;
+        lw->stats.bytes_mapped += mapped;
     } else if (!f->gone) {
         f->gone = true;
         ferry_log_warn("model %s changed or became unreadable since it was indexed: its tensors are no longer "
@@ -409,6 +399,32 @@ static int read_entry(struct ferry_local_weights *lw, struct lw_file *f, struct 
     }
     pthread_mutex_unlock(&lw->lock);
     return ok ? FERRY_OK : FERRY_ERR_INVALID;
+}
+
+/* Puts entry (of file f) at dst, checking f before and after: a write to
+ * the file in between shows as a new mtime/ctime, and what was read is not
+ * used. With may_map, when dst sits at the same place within a page as the
+ * entry in the file, the whole pages between are mapped from the file
+ * (private: a later write copies the page) and only the partial pages at
+ * the ends are read. */
+static int put_entry(struct ferry_local_weights *lw, struct lw_file *f, struct lw_entry entry, uint8_t *dst,
+                     bool may_map) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), at = (uintptr_t)dst;
+    uintptr_t a = at, end = at; /* [a, end): mapped */
+    if (may_map && (at - (uintptr_t)entry.offset) % page == 0) {
+        a = (at + page - 1) & ~(page - 1);
+        end = (at + entry.size) & ~(page - 1);
+        if (end <= a) a = end = at;
+    }
+    bool ok = unchanged(f);
+    if (ok && end > a)
+        ok = mmap((void *)a, end - a, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, f->fd,
+                  (off_t)(entry.offset + (a - at))) != MAP_FAILED;
+    const uint64_t head = a - at, tail_at = end > a ? end - at : head;
+    ok = ok && ferry_pread_all(f->fd, dst, head, entry.offset) &&
+         ferry_pread_all(f->fd, dst + tail_at, entry.size - tail_at, entry.offset + tail_at);
+    ok = ok && unchanged(f);
+    return settle(lw, f, ok, entry.size, end - a);
 }
 
 int ferry_local_weights_load(struct ferry_local_weights *lw, uint64_t hash, void *dst, uint64_t n) {
@@ -418,93 +434,35 @@ int ferry_local_weights_load(struct ferry_local_weights *lw, uint64_t hash, void
     struct lw_file *f = e ? &lw->files[e->file] : NULL;
     pthread_mutex_unlock(&lw->lock);
     if (f == NULL || entry.size != n) return FERRY_ERR_INVALID;
-    return read_entry(lw, f, entry, dst);
+    return put_entry(lw, f, entry, dst, false);
 }
 
-static struct lw_file *file_of_key(struct ferry_local_weights *lw, uint64_t key, uint32_t *fi) {
-    for (uint32_t i = 0; i < lw->n_files; i++)
-        if (lw->files[i].key == key && !lw->files[i].gone) {
-            *fi = i;
-            return &lw->files[i];
-        }
-    return NULL;
-}
-
-bool ferry_local_weights_has_model(struct ferry_local_weights *lw, uint64_t key) {
-    uint32_t fi;
+/* The indexed tensor of the file with content key key that starts at
+ * offset and is n bytes long. */
+static struct lw_file *entry_at(struct ferry_local_weights *lw, uint64_t key, uint64_t offset, uint64_t n,
+                                struct lw_entry *out) {
+    struct lw_file *f = NULL;
     pthread_mutex_lock(&lw->lock);
-    bool has = file_of_key(lw, key, &fi) != NULL;
+    for (uint32_t fi = 0; fi < lw->n_files && !f; fi++) {
+        if (lw->files[fi].key != key || lw->files[fi].gone) continue;
+        for (size_t i = 0; i < lw->n && !f; i++)
+            if (lw->v[i].file == fi && lw->v[i].offset == offset && lw->v[i].size == n) *out = lw->v[i], f = &lw->files[fi];
+    }
     pthread_mutex_unlock(&lw->lock);
-    return has;
+    return f;
 }
 
 int ferry_local_weights_load_at(struct ferry_local_weights *lw, uint64_t key, uint64_t offset, void *dst,
                                 uint64_t n) {
-    pthread_mutex_lock(&lw->lock);
-    uint32_t fi = 0;
-    struct lw_file *f = file_of_key(lw, key, &fi);
-    struct lw_entry entry = { 0 };
-    bool found = false;
-    for (size_t i = 0; f && i < lw->n && !found; i++)
-        if (lw->v[i].file == fi && lw->v[i].offset == offset && lw->v[i].size == n) entry = lw->v[i], found = true;
-    pthread_mutex_unlock(&lw->lock);
-    return found ? read_entry(lw, f, entry, dst) : FERRY_ERR_INVALID;
-}
-
-/* Maps the page-aligned middle of the tensor straight from the file
- * (private: a later write to it copies the page) and reads the partial
- * pages at its ends; the file is checked before and after, as a read is. */
-static int map_entry(struct ferry_local_weights *lw, struct lw_file *f, struct lw_entry entry, uint8_t *dst) {
-    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    const uintptr_t a = ((uintptr_t)dst + page - 1) & ~(page - 1), end = ((uintptr_t)dst + entry.size) & ~(page - 1);
-    if (end <= a) return read_entry(lw, f, entry, dst);
-    bool ok = unchanged(f);
-    const uint64_t fa = entry.offset + (a - (uintptr_t)dst);
-    ok = ok && mmap((void *)a, end - a, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, f->fd, (off_t)fa) != MAP_FAILED;
-    struct lw_entry head = { entry.hash, entry.offset, a - (uintptr_t)dst, entry.file };
-    struct lw_entry tail = { entry.hash, entry.offset + (end - (uintptr_t)dst), (uintptr_t)dst + entry.size - end,
-                             entry.file };
-    for (int k = 0; ok && k < 2; k++) {
-        const struct lw_entry *part = k ? &tail : &head;
-        uint8_t *p = k ? (uint8_t *)end : dst;
-        for (uint64_t done = 0; ok && done < part->size;) {
-            ssize_t r = pread(f->fd, p + done, (size_t)(part->size - done), (off_t)(part->offset + done));
-            if (r < 0 && errno == EINTR) continue;
-            ok = r > 0;
-            if (ok) done += (uint64_t)r;
-        }
-    }
-    ok = ok && unchanged(f);
-    pthread_mutex_lock(&lw->lock);
-    if (ok) {
-        lw->stats.hits++;
-        lw->stats.bytes_served += entry.size;
-        lw->stats.bytes_mapped += end - a;
-    } else if (!f->gone) {
-        f->gone = true;
-        ferry_log_warn("model %s changed or became unreadable since it was indexed: its tensors are no longer "
-                       "served locally (restart the server to index it again)",
-                       f->path);
-    }
-    pthread_mutex_unlock(&lw->lock);
-    return ok ? FERRY_OK : FERRY_ERR_INVALID;
+    struct lw_entry entry;
+    struct lw_file *f = entry_at(lw, key, offset, n, &entry);
+    return f ? put_entry(lw, f, entry, dst, false) : FERRY_ERR_INVALID;
 }
 
 int ferry_local_weights_map_at(struct ferry_local_weights *lw, uint64_t key, uint64_t offset, void *dst, uint64_t n) {
-    pthread_mutex_lock(&lw->lock);
-    uint32_t fi = 0;
-    struct lw_file *f = file_of_key(lw, key, &fi);
-    struct lw_entry entry = { 0 };
-    bool found = false;
-    for (size_t i = 0; f && i < lw->n && !found; i++)
-        if (lw->v[i].file == fi && lw->v[i].offset == offset && lw->v[i].size == n) entry = lw->v[i], found = true;
-    pthread_mutex_unlock(&lw->lock);
-    if (!found) return FERRY_ERR_INVALID;
-    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    /* the file's pages land on the tensor's pages only when both sit at
-     * the same place within a page */
-    if (((uintptr_t)dst - (uintptr_t)offset) % page != 0) return read_entry(lw, f, entry, dst);
-    return map_entry(lw, f, entry, dst);
+    struct lw_entry entry;
+    struct lw_file *f = entry_at(lw, key, offset, n, &entry);
+    return f ? put_entry(lw, f, entry, dst, true) : FERRY_ERR_INVALID;
 }
 
 void ferry_local_weights_get_stats(struct ferry_local_weights *lw, struct ferry_local_weights_stats *out) {

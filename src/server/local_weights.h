@@ -41,10 +41,9 @@ int64_t ferry_local_weights_lookup(struct ferry_local_weights *lw, uint64_t hash
 int ferry_local_weights_load(struct ferry_local_weights *lw, uint64_t hash, void *dst, uint64_t n);
 /* Between ferry peers (docs/protocol-extensions.md, FERRY_LOAD_LOCAL): the
  * model file whose ferry_gguf_content_key is key, by the position of a
- * tensor in it. has_model: such a file is held. load_at: copies exactly the
+ * tensor in it. load_at: copies exactly the
  * indexed tensor that starts at byte offset of that file and is n bytes
  * long, checked as load is; FERRY_ERR_INVALID otherwise. */
-bool ferry_local_weights_has_model(struct ferry_local_weights *lw, uint64_t key);
 int ferry_local_weights_load_at(struct ferry_local_weights *lw, uint64_t key, uint64_t offset, void *dst,
                                 uint64_t n);
 /* load_at into memory the caller owns as a private anonymous mapping
